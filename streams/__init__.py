@@ -1,0 +1,1 @@
+"""kaltim-jamsostek-stream: live BPJS Ketenagakerjaan coverage for East Kalimantan, on Kafka + Faust."""

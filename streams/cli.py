@@ -1,0 +1,170 @@
+"""`jamsostek`: one entry point for the local stack, the simulator and (later) the workers."""
+from __future__ import annotations
+
+import shutil
+import signal
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from streams.config import Settings
+
+app = typer.Typer(help="Live BPJS Ketenagakerjaan coverage for East Kalimantan, on Kafka + Faust.",
+                  no_args_is_help=True, pretty_exceptions_show_locals=False)
+console = Console(stderr=True)
+
+
+def _settings(config: Optional[Path]) -> Settings:
+    if config is not None:
+        import os
+        os.environ["JAMSOSTEK_CONFIG"] = str(config)
+    try:
+        return Settings()
+    except Exception as exc:  # pydantic ValidationError, missing file: say it plainly
+        console.print(f"[red]configuration error:[/] {exc}")
+        raise typer.Exit(2)
+
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="TOML file with settings (env vars still win)", exists=True)
+
+
+def _fail(exc: Exception) -> None:
+    console.print(f"[red]error:[/] {exc}")
+    raise typer.Exit(1)
+
+
+@app.command()
+def fetch(config: Optional[Path] = ConfigOpt) -> None:
+    """Resolve the Kafka and Apicurio Registry jars from Maven into the cache (done once; later starts are offline)."""
+    from streams.launcher import LauncherError, maven
+    s = _settings(config)
+    try:
+        with console.status("resolving org.apache.kafka:kafka_2.13 and its runtime dependencies ..."):
+            cp = maven.kafka_classpath(s.cache_dir, s.kafka_version)
+        console.print(f"[green]✓[/] Kafka {s.kafka_version}: {cp}")
+        with console.status("resolving io.apicurio:apicurio-registry-app ..."):
+            home = maven.apicurio_home(s.cache_dir, s.apicurio_version)
+        console.print(f"[green]✓[/] Apicurio Registry {s.apicurio_version}: {home}")
+    except LauncherError as exc:
+        _fail(exc)
+
+
+@app.command()
+def broker(config: Optional[Path] = ConfigOpt,
+           fresh: bool = typer.Option(False, help="delete the stack's stored data first")) -> None:
+    """Run Kafka (KRaft) + the schema registry in the foreground until Ctrl-C."""
+    from streams.launcher import LauncherError
+    from streams.launcher.stack import local_stack
+    from streams.topics import ensure_topics
+    s = _settings(config)
+    if fresh:
+        shutil.rmtree(s.state_dir, ignore_errors=True)
+    try:
+        with local_stack(s, console) as live:
+            ensure_topics(live)
+            _print_endpoints(live)
+            console.print("Ctrl-C stops the stack.")
+            signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    except LauncherError as exc:
+        _fail(exc)
+
+
+def _print_endpoints(s: Settings) -> None:
+    console.print(f"  KAFKA_BOOTSTRAP_SERVERS={s.kafka_bootstrap_servers}")
+    console.print(f"  SCHEMA_REGISTRY_URL={s.schema_registry_url}")
+    console.print(f"  watch it:  kcat -C -b {s.kafka_bootstrap_servers} -t {s.topics.registrations} -f '%k %s\\n' -o end")
+
+
+@app.command()
+def topics(config: Optional[Path] = ConfigOpt) -> None:
+    """Create the contract's topics on the configured broker (idempotent)."""
+    from streams.topics import ensure_topics
+    created = ensure_topics(_settings(config))
+    console.print(f"created: {', '.join(created) or 'nothing (all exist)'}")
+
+
+@app.command()
+def simulate(
+    config: Optional[Path] = ConfigOpt,
+    months: Optional[int] = typer.Option(None, help="months of history to replay (default: the scenario's)"),
+    rate: float = typer.Option(0, help="events/s while replaying history; 0 = as fast as possible"),
+    live_rate: float = typer.Option(0, "--live", help="after the history, go on live at this many events/s"),
+    seed: Optional[int] = typer.Option(None, help="random seed (default: the scenario's)"),
+    scale: Optional[float] = typer.Option(None, help="size relative to the real province (1.0 = ~250k people)"),
+    bad_share: float = typer.Option(0.0, help="share of extra, deliberately invalid records"),
+    duplicate_share: float = typer.Option(0.0, help="share of records re-sent with the same event_id"),
+    scenario_file: Optional[Path] = typer.Option(None, "--scenario", exists=True, help="scenario TOML"),
+) -> None:
+    """Publish a realistic, seeded, event-time-ordered stream of Kaltim events."""
+    from streams.simulator.publish import run_simulation
+    from streams.simulator.scenario import SCENARIO_FILE, Scenario
+    from streams.topics import ensure_topics
+    s = _settings(config)
+    sc = Scenario.load(scenario_file or SCENARIO_FILE, seed=seed, scale=scale, bad_share=bad_share,
+                       duplicate_share=duplicate_share)
+    ensure_topics(s)
+    try:
+        stats = run_simulation(s, sc, months=months, rate=rate, live_rate=live_rate)
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        return
+    _print_stats(stats)
+
+
+def _print_stats(stats) -> None:
+    console.print(f"published {stats.sent:,} events in {stats.seconds:.1f}s ({stats.rate:,.0f}/s): "
+                  + ", ".join(f"{t} {n:,}" for t, n in sorted(stats.by_topic.items())))
+
+
+@app.command()
+def regions() -> None:
+    """The 10 regions with their targets and quotas (reference data)."""
+    from streams.reference import reference
+    ref = reference()
+    table = Table(title=f"Kaltim regions — province quota {ref.province_quota:,} "
+                        f"({ref.programme_start} … {ref.programme_end})")
+    for col in ("code", "name", "kind", "population", "province quota", "regency/city quota",
+                "vulnerable target", "non-ASN target"):
+        table.add_column(col, justify="right" if col not in ("name", "kind") else "left")
+    for r in ref.regions.values():
+        table.add_row(r.code, r.name, r.kind, f"{r.population:,}", f"{r.quota.get('APBD_PROVINCE', 0):,}",
+                      f"{r.quota.get('APBD_REGENCY', 0):,}", f"{r.target.get('VULNERABLE_WORKER', 0):,}",
+                      f"{r.target.get('NON_CIVIL_SERVANT', 0):,}")
+    Console().print(table)
+
+
+@app.command()
+def run(
+    config: Optional[Path] = ConfigOpt,
+    live_rate: float = typer.Option(40, "--live", help="events/s once the history is replayed"),
+    months: Optional[int] = typer.Option(None, help="months of history to replay first"),
+    fresh: bool = typer.Option(False, help="delete the stack's stored data first"),
+) -> None:
+    """Everything locally: Kafka, the schema registry, topics, and the simulator feeding live events."""
+    from streams.launcher import LauncherError
+    from streams.launcher.stack import local_stack
+    from streams.simulator.publish import run_simulation
+    from streams.simulator.scenario import Scenario
+    from streams.topics import ensure_topics
+    s = _settings(config)
+    if fresh:
+        shutil.rmtree(s.state_dir, ignore_errors=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # a TERM stops the stack cleanly, like Ctrl-C
+    try:
+        with local_stack(s, console) as live:
+            ensure_topics(live)
+            _print_endpoints(live)
+            try:
+                run_simulation(live, Scenario.load(), months=months, live_rate=live_rate)
+            except KeyboardInterrupt:
+                console.print("interrupted")
+    except LauncherError as exc:
+        _fail(exc)
+
+
+if __name__ == "__main__":
+    app()

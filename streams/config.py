@@ -1,0 +1,109 @@
+"""The one typed configuration object.
+
+Values come from, highest priority first: keyword arguments, environment variables, a TOML file named by
+``JAMSOSTEK_CONFIG`` (or passed as ``Settings.load(path)``), then the defaults below. Environment variable
+names are the field names upper-cased (``KAFKA_BOOTSTRAP_SERVERS``, ``SCHEMA_REGISTRY_URL``, ...), as in
+CONTRACT.md.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import platformdirs
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def default_cache_dir() -> Path:
+    return Path(platformdirs.user_cache_dir("kaltim-jamsostek-stream"))
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", case_sensitive=False)
+
+    # --- Kafka and the schema registry -------------------------------------------------------------
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    schema_registry_url: str = "http://127.0.0.1:8081/apis/ccompat/v7"
+    topic_prefix: str = Field("", description="put in front of every topic name, e.g. 'staging.'")
+    topic_partitions: int = Field(4, ge=1)
+
+    # --- local stack (launcher) --------------------------------------------------------------------
+    cache_dir: Path = Field(default_factory=default_cache_dir, description="Maven jars and Apicurio live here")
+    state_dir: Path = Field(PROJECT_ROOT / ".run", description="broker/registry data of the `run` command")
+    kafka_version: str = "4.1.1"
+    apicurio_version: str = "3.3.3"
+    local_broker_port: int = 9092
+    local_controller_port: int = 9093
+    local_registry_port: int = 8081
+
+    # --- warehouse, alerts, privacy ----------------------------------------------------------------
+    warehouse_url: str = f"sqlite:///{PROJECT_ROOT / '.run' / 'warehouse.db'}"
+    alert_webhook_url: str | None = None
+    pseudonym_key: SecretStr | None = Field(None, description="HMAC key for NIK pseudonyms; required in production")
+    mode: Literal["dev", "production"] = "dev"
+
+    # --- worker ------------------------------------------------------------------------------------
+    web_port: int = 6066
+    metrics_port: int = 9108
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = os.environ.get("JAMSOSTEK_CONFIG")
+        if path:
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"JAMSOSTEK_CONFIG names {path!r}, which is not a file")
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    @property
+    def topics(self) -> Topics:
+        return Topics(self.topic_prefix)
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Topic names of CONTRACT.md, with the configured prefix."""
+
+    prefix: str = ""
+
+    @property
+    def registrations(self) -> str:
+        return f"{self.prefix}jamsostek.registrations"
+
+    @property
+    def contributions(self) -> str:
+        return f"{self.prefix}jamsostek.contributions"
+
+    @property
+    def claims(self) -> str:
+        return f"{self.prefix}jamsostek.claims"
+
+    @property
+    def region_alerts(self) -> str:
+        return f"{self.prefix}jamsostek.region-alerts"
+
+    @property
+    def dead_letter(self) -> str:
+        return f"{self.prefix}jamsostek.dead-letter"
+
+    @property
+    def inputs(self) -> dict[str, str]:
+        """Input topic name -> Avro record name."""
+        return {self.registrations: "Registration", self.contributions: "Contribution", self.claims: "Claim"}
+
+    @property
+    def all(self) -> list[str]:
+        return [self.registrations, self.contributions, self.claims, self.region_alerts, self.dead_letter]

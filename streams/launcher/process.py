@@ -1,0 +1,93 @@
+"""Small helpers shared by the broker and registry launchers: free ports, child processes, readiness waits."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable
+
+from streams.launcher.errors import LauncherError
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def accepts(port: int) -> bool:
+    """Something listens on 127.0.0.1:port."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def require_free(port: int, what: str) -> int:
+    if port_in_use(port):
+        raise LauncherError(f"port {port} for {what} is in use on 127.0.0.1; stop whatever holds it or pick another port")
+    return port
+
+
+def spawn(cmd: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.Popen:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        # own process group: a Ctrl-C in the terminal reaches us, and we stop the child in order
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+                                cwd=cwd, start_new_session=True)
+
+
+def log_tail(log: Path, lines: int = 25) -> str:
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log)"
+
+
+def wait_until(ready: Callable[[], bool], proc: subprocess.Popen, what: str, log: Path, timeout: float) -> float:
+    """Poll ``ready`` until true; fail fast if the process dies. Returns seconds waited."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if proc.poll() is not None:
+            raise LauncherError(f"{what} exited with code {proc.returncode} while starting. Log {log}:\n{log_tail(log)}")
+        try:
+            if ready():
+                return time.monotonic() - start
+        except Exception:
+            pass
+        time.sleep(0.25)
+    stop(proc, 5)
+    raise LauncherError(f"{what} did not become ready within {timeout:.0f}s. Log {log}:\n{log_tail(log)}")
+
+
+def stop(proc: subprocess.Popen | None, timeout: float = 20) -> None:
+    """SIGTERM (clean shutdown), then SIGKILL after ``timeout``."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
+def kill(proc: subprocess.Popen | None) -> None:
+    """SIGKILL, as a crash would (reliability tests)."""
+    if proc is not None and proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)

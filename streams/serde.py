@@ -1,0 +1,149 @@
+"""The one Avro serde of the project: producers, agents, sinks and tests all go through it.
+
+Wire format (Confluent): byte 0 = 0, bytes 1-4 = schema id (big-endian), then schemaless Avro binary.
+Subjects follow the topic-name strategy, ``<topic>-value``. Writer schemas are looked up in the schema
+registry by id (cached); records are resolved onto the project's current reader schema, so a v1 consumer
+reads v2 data and vice versa. Timestamps stay epoch milliseconds (``int``) on decode: logical types do not
+change the binary encoding, and skipping datetime objects keeps the hot path cheap.
+"""
+from __future__ import annotations
+
+import functools
+import io
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+import fastavro
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+from confluent_kafka.schema_registry.error import SchemaRegistryError
+from fastavro.schema import expand_schema, parse_schema
+
+from streams.config import PROJECT_ROOT
+
+MAGIC = 0
+HEADER = struct.Struct(">bI")
+NAMESPACE = "id.kaltim.jamsostek"
+
+
+def schema_dir() -> Path:
+    """schemas/avro in a checkout, or the copy packaged into a wheel."""
+    checkout = PROJECT_ROOT / "schemas" / "avro"
+    return checkout if checkout.is_dir() else Path(__file__).parent / "_contract" / "schemas" / "avro"
+
+
+@functools.cache
+def contract_schemas() -> dict[str, dict]:
+    """Record name -> self-contained schema (shared enums inlined), as registered with the registry."""
+    directory = schema_dir()
+    shared = json.loads((directory / "enums.avsc").read_text())
+    out = {}
+    for path in sorted(directory.glob("*.avsc")):
+        if path.name == "enums.avsc":
+            continue
+        record = json.loads(path.read_text())
+        out[record["name"]] = expand_schema([*shared, record])[-1]
+    return out
+
+
+def schema_json(record_name: str) -> str:
+    return json.dumps(contract_schemas()[record_name], separators=(",", ":"))
+
+
+def _without_logical_types(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _without_logical_types(v) for k, v in node.items() if k != "logicalType"}
+    if isinstance(node, list):
+        return [_without_logical_types(v) for v in node]
+    return node
+
+
+def _parse(schema: dict | str) -> dict:
+    if isinstance(schema, str):
+        schema = json.loads(schema)
+    return parse_schema(_without_logical_types(schema))
+
+
+class DecodeError(ValueError):
+    """A record that can never be decoded: it belongs on the dead-letter topic under ``reason``."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class RegistryUnavailable(RuntimeError):
+    """The registry could not be asked (network/5xx). Transient: retry, never dead-letter."""
+
+
+def frame(schema_id: int, payload: bytes) -> bytes:
+    return HEADER.pack(MAGIC, schema_id) + payload
+
+
+def unframe(data: bytes | None) -> tuple[int, memoryview]:
+    if data is None or len(data) < HEADER.size:
+        raise DecodeError("bad_framing", f"{0 if data is None else len(data)} bytes, need at least {HEADER.size}")
+    magic, schema_id = HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise DecodeError("bad_framing", f"magic byte {magic & 0xFF:#04x}, expected 0x00")
+    return schema_id, memoryview(data)[HEADER.size:]
+
+
+class AvroSerde:
+    """Encode/decode contract records through a Confluent-compatible schema registry."""
+
+    def __init__(self, registry: str | SchemaRegistryClient):
+        self.registry = registry if isinstance(registry, SchemaRegistryClient) else SchemaRegistryClient({"url": registry})
+        self._readers = {name: _parse(schema) for name, schema in contract_schemas().items()}
+        self._writers: dict[int, dict] = {}
+        self._ids: dict[tuple[str, str], int] = {}
+
+    # -- producing ------------------------------------------------------------------------------
+    def register(self, subject: str, record_name: str) -> int:
+        """Register the project's schema for ``record_name`` under ``subject``; returns its id (cached)."""
+        key = (subject, record_name)
+        if key not in self._ids:
+            self._ids[key] = self.registry.register_schema(subject, Schema(schema_json(record_name), "AVRO"))
+        return self._ids[key]
+
+    def encode(self, topic: str, record_name: str, record: dict) -> bytes:
+        schema_id = self.register(f"{topic}-value", record_name)
+        buf = io.BytesIO()
+        fastavro.schemaless_writer(buf, self._readers[record_name], record)
+        return frame(schema_id, buf.getvalue())
+
+    # -- consuming ------------------------------------------------------------------------------
+    def writer_schema(self, schema_id: int) -> dict:
+        parsed = self._writers.get(schema_id)
+        if parsed is None:
+            try:
+                schema = self.registry.get_schema(schema_id)
+            except SchemaRegistryError as exc:
+                if exc.http_status_code == 404:
+                    raise DecodeError("unknown_schema_id", f"schema id {schema_id} is not in the registry") from None
+                raise RegistryUnavailable(str(exc)) from exc
+            except Exception as exc:  # connection refused, timeout: the record is fine, the registry is not
+                raise RegistryUnavailable(f"{type(exc).__name__}: {exc}") from exc
+            if schema.schema_type not in (None, "AVRO"):
+                raise DecodeError("wrong_schema_type", f"schema id {schema_id} is {schema.schema_type}, not AVRO")
+            parsed = self._writers[schema_id] = _parse(schema.schema_str)
+        return parsed
+
+    def decode(self, data: bytes | None, record_name: str) -> dict:
+        """Decode one framed value into a dict shaped by the project's ``record_name`` schema.
+
+        Raises DecodeError (dead-letter it) or RegistryUnavailable (retry later)."""
+        schema_id, body = unframe(data)
+        writer = self.writer_schema(schema_id)
+        stream = io.BytesIO(body)
+        try:
+            record = fastavro.schemaless_reader(stream, writer, self._readers[record_name])
+        except fastavro.read.SchemaResolutionError as exc:
+            raise DecodeError("schema_mismatch", f"schema id {schema_id} cannot be read as {record_name}: {exc}") from None
+        except Exception as exc:  # truncated or garbage body: EOFError, UnicodeDecodeError, IndexError, ...
+            raise DecodeError("avro_decode", f"{type(exc).__name__} reading schema id {schema_id}") from None
+        if stream.tell() != len(body):
+            raise DecodeError("avro_decode", f"{len(body) - stream.tell()} trailing bytes after the record")
+        return record
