@@ -47,10 +47,6 @@ def contract_schemas() -> dict[str, dict]:
     return out
 
 
-def schema_json(record_name: str) -> str:
-    return json.dumps(contract_schemas()[record_name], separators=(",", ":"))
-
-
 def _without_logical_types(node: Any) -> Any:
     if isinstance(node, dict):
         return {k: _without_logical_types(v) for k, v in node.items() if k != "logicalType"}
@@ -94,9 +90,12 @@ def unframe(data: bytes | None) -> tuple[int, memoryview]:
 class AvroSerde:
     """Encode/decode contract records through a Confluent-compatible schema registry."""
 
-    def __init__(self, registry: str | SchemaRegistryClient):
+    def __init__(self, registry: str | SchemaRegistryClient, schemas: dict[str, dict] | None = None):
+        """``schemas``: record name -> schema to write and read with; default: this checkout's schemas/avro.
+        (A consumer built from an older or newer contract passes its own.)"""
         self.registry = registry if isinstance(registry, SchemaRegistryClient) else SchemaRegistryClient({"url": registry})
-        self._readers = {name: _parse(schema) for name, schema in contract_schemas().items()}
+        self._schemas = dict(contract_schemas()) | (schemas or {})
+        self._readers = {name: _parse(schema) for name, schema in self._schemas.items()}
         self._writers: dict[int, dict] = {}
         self._ids: dict[tuple[str, str], int] = {}
 
@@ -105,7 +104,8 @@ class AvroSerde:
         """Register the project's schema for ``record_name`` under ``subject``; returns its id (cached)."""
         key = (subject, record_name)
         if key not in self._ids:
-            self._ids[key] = self.registry.register_schema(subject, Schema(schema_json(record_name), "AVRO"))
+            schema = json.dumps(self._schemas[record_name], separators=(",", ":"))
+            self._ids[key] = self.registry.register_schema(subject, Schema(schema, "AVRO"))
         return self._ids[key]
 
     def encode(self, topic: str, record_name: str, record: dict) -> bytes:

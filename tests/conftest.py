@@ -1,0 +1,49 @@
+"""Session fixtures: one real Kafka broker and one real Apicurio Registry, started by the project's launcher.
+Each test gets its own topic prefix (and so its own topics, subjects and consumer groups)."""
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+from streams.config import Settings
+from streams.launcher import KafkaBroker, SchemaRegistry
+
+
+@pytest.fixture(scope="session")
+def base_settings() -> Settings:
+    return Settings()
+
+
+@pytest.fixture(scope="session")
+def kafka(tmp_path_factory, base_settings) -> KafkaBroker:
+    broker = KafkaBroker.start_new(tmp_path_factory.mktemp("kafka"), cache_dir=base_settings.cache_dir,
+                                   version=base_settings.kafka_version)
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture(scope="session")
+def registry(kafka, tmp_path_factory, base_settings) -> SchemaRegistry:
+    reg = SchemaRegistry.start_new(tmp_path_factory.mktemp("registry"), bootstrap=kafka.bootstrap,
+                                   cache_dir=base_settings.cache_dir, version=base_settings.apicurio_version)
+    yield reg
+    reg.stop()
+
+
+def unique(prefix: str = "t") -> str:
+    return f"{prefix}{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def settings(kafka, registry, tmp_path: Path) -> Settings:
+    """Settings for one test: the session's broker and registry, a topic prefix of its own."""
+    return Settings(kafka_bootstrap_servers=kafka.bootstrap, schema_registry_url=registry.url,
+                    topic_prefix=unique() + ".", state_dir=tmp_path / "state", topic_partitions=3)
+
+
+@pytest.fixture
+def serde(registry):
+    from streams.serde import AvroSerde
+    return AvroSerde(registry.url)

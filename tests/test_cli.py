@@ -1,0 +1,118 @@
+"""The `jamsostek` CLI as a user runs it: subprocesses, real broker, kcat."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from kafka import KafkaConsumer, TopicPartition
+
+from streams.launcher.process import free_port, port_in_use
+
+JAMSOSTEK = [sys.executable, "-m", "streams.cli"]
+
+
+def cli(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([*JAMSOSTEK, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "COLUMNS": "200", **(env or {})})
+
+
+def env_for(settings) -> dict[str, str]:
+    return {"KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+            "SCHEMA_REGISTRY_URL": settings.schema_registry_url, "TOPIC_PREFIX": settings.topic_prefix}
+
+
+def total_records(bootstrap: str, topic: str) -> int:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
+    try:
+        parts = consumer.partitions_for_topic(topic) or set()
+        return sum(consumer.end_offsets([TopicPartition(topic, p) for p in parts]).values())
+    finally:
+        consumer.close()
+
+
+def test_help_and_regions_table():
+    out = cli("--help")
+    assert out.returncode == 0
+    for command in ("run", "broker", "simulate", "regions", "fetch", "topics"):
+        assert command in out.stdout
+    table = cli("regions")
+    assert table.returncode == 0
+    assert "Mahakam Ulu" in table.stdout and "100,000" in table.stdout and "19,000" in table.stdout
+
+
+def test_bad_config_file_is_a_readable_error(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('topic_partitions = "many"\n')
+    out = cli("topics", "--config", str(bad))
+    assert out.returncode == 2
+    assert "configuration error" in out.stderr and "topic_partitions" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_config_file_and_env_precedence(tmp_path, monkeypatch):
+    from streams.config import Settings
+    f = tmp_path / "c.toml"
+    f.write_text('topic_prefix = "file."\ntopic_partitions = 6\n')
+    monkeypatch.setenv("JAMSOSTEK_CONFIG", str(f))
+    monkeypatch.setenv("TOPIC_PREFIX", "env.")
+    s = Settings()
+    assert (s.topic_prefix, s.topic_partitions) == ("env.", 6)
+    assert s.topics.claims == "env.jamsostek.claims"
+    assert Settings(topic_prefix="kw.").topic_prefix == "kw."
+
+
+def test_simulate_command_publishes(settings):
+    out = cli("simulate", "--months", "1", "--bad-share", "0.01", env=env_for(settings))
+    assert out.returncode == 0, out.stderr
+    assert "published" in out.stderr
+    assert total_records(settings.kafka_bootstrap_servers, settings.topics.contributions) > 100
+
+
+def test_fetch_needs_no_network_the_second_time(base_settings):
+    """With jars cached, `fetch` succeeds even with Maven unreachable (no `mvn` on PATH)."""
+    assert cli("fetch").returncode == 0
+    out = cli("fetch", env={"PATH": "/nonexistent"})
+    assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("kcat") is None, reason="Debian kcat not installed (scripts/bootstrap.sh installs it)")
+def test_run_brings_up_the_stack_and_kcat_sees_framed_avro(tmp_path):
+    """The README's run command: broker + registry + simulator; `kcat -C` shows Confluent-framed Avro flowing."""
+    port, registry_port = free_port(), free_port()
+    env = {**os.environ, "LOCAL_BROKER_PORT": str(port), "LOCAL_CONTROLLER_PORT": str(free_port()),
+           "LOCAL_REGISTRY_PORT": str(registry_port), "STATE_DIR": str(tmp_path / "state"), "COLUMNS": "200"}
+    log = tmp_path / "run.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([*JAMSOSTEK, "run", "--months", "1", "--live", "200"], stdout=out,
+                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    bootstrap = f"127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while "SCHEMA_REGISTRY_URL" not in log.read_text() and time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()
+            time.sleep(1)
+        raw = b""
+        while not raw and time.monotonic() < deadline:
+            kcat = subprocess.run(["kcat", "-C", "-b", bootstrap, "-t", "jamsostek.registrations", "-o", "beginning",
+                                   "-c", "1", "-e", "-f", "%s"], capture_output=True, timeout=60)
+            raw = kcat.stdout
+            time.sleep(1)
+        assert raw[0] == 0, "magic byte"
+        assert int.from_bytes(raw[1:5], "big") > 0, "schema id"
+        assert b"64." in raw  # the region code inside the Avro body
+        first = total_records(bootstrap, "jamsostek.contributions")
+        time.sleep(8)
+        assert total_records(bootstrap, "jamsostek.contributions") > first, "live events keep flowing"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        code = proc.wait(90)
+    assert code == 0, log.read_text()[-3000:]
+    assert "stopped the local stack" in log.read_text()
+    assert not port_in_use(port) and not port_in_use(registry_port)

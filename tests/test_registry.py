@@ -1,0 +1,100 @@
+"""The real schema registry (Apicurio, Confluent API): stock clients publish through it, the project decodes;
+incompatible changes are refused; compatible evolution works both ways; schemas live in Kafka."""
+from __future__ import annotations
+
+import copy
+import io
+import json
+import uuid
+
+import fastavro
+import pytest
+import requests
+from confluent_kafka import Producer
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroSerializer
+from confluent_kafka.schema_registry.error import SchemaRegistryError
+from confluent_kafka.serialization import MessageField, SerializationContext, StringSerializer
+
+from streams.launcher import SchemaRegistry
+from streams.serde import AvroSerde, contract_schemas, frame
+from tests.helpers import read_all
+
+REGISTRATION = {
+    "event_id": "2f3c6d2e-8d7b-4d0a-9a43-0b3f2c1d9e10", "occurred_at": 1_740_000_000_000, "nik": "6472014107850003",
+    "region_code": "64.72", "segment": "BPU", "cohort": "VULNERABLE_WORKER", "occupation": "nelayan",
+    "funding_source": "APBD_PROVINCE", "programs": ["JKK", "JKM"], "channel": "DINSOS", "declared_income_idr": None,
+}
+
+
+def v2_registration() -> dict:
+    """Registration plus one optional field, as a later contract version would add it."""
+    schema = copy.deepcopy(contract_schemas()["Registration"])
+    schema["fields"].append({"name": "village", "type": ["null", "string"], "default": None})
+    return schema
+
+
+def test_confluent_avro_serializer_publishes_and_project_decodes(settings, serde):
+    """An upstream publisher with stock confluent-kafka (no project code) → the project's serde."""
+    topic = settings.topics.registrations
+    client = SchemaRegistryClient({"url": settings.schema_registry_url})
+    serializer = AvroSerializer(client, json.dumps(contract_schemas()["Registration"]))
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers})
+    value = serializer(REGISTRATION, SerializationContext(topic, MessageField.VALUE))
+    producer.produce(topic, key=StringSerializer()(REGISTRATION["nik"]), value=value)
+    producer.flush(30)
+
+    [record] = read_all(settings.kafka_bootstrap_servers, topic, expected=1)
+    assert record.value[0] == 0 and record.key == REGISTRATION["nik"].encode()
+    assert serde.decode(record.value, "Registration") == REGISTRATION
+    assert f"{topic}-value" in client.get_subjects()
+    latest = client.get_latest_version(f"{topic}-value")
+    assert int.from_bytes(record.value[1:5], "big") == latest.schema_id
+
+
+def test_incompatible_schema_is_refused(settings):
+    client = SchemaRegistryClient({"url": settings.schema_registry_url})
+    subject = f"{settings.topics.contributions}-value"
+    client.register_schema(subject, Schema(json.dumps(contract_schemas()["Contribution"]), "AVRO"))
+    broken = copy.deepcopy(contract_schemas()["Contribution"])
+    for field in broken["fields"]:
+        if field["name"] == "amount_idr":
+            field["type"] = "string"  # long -> string: old data can't be read
+    broken["fields"].append({"name": "bank", "type": "string"})  # new field without a default
+    assert client.test_compatibility(subject, Schema(json.dumps(broken), "AVRO")) is False
+    with pytest.raises(SchemaRegistryError) as refused:
+        client.register_schema(subject, Schema(json.dumps(broken), "AVRO"))
+    assert refused.value.http_status_code == 409
+    assert len(client.get_versions(subject)) == 1
+
+
+def test_v1_consumer_reads_v2_data_and_v2_consumer_reads_v1_data(settings, registry):
+    topic = settings.topics.registrations
+    v1 = AvroSerde(registry.url)
+    v2 = AvroSerde(registry.url, schemas={"Registration": v2_registration()})
+    old = v1.encode(topic, "Registration", REGISTRATION)
+    new = v2.encode(topic, "Registration", {**REGISTRATION, "village": "Loa Janan Ilir"})  # compatible: accepted
+    assert old[1:5] != new[1:5]
+    assert v1.decode(new, "Registration") == REGISTRATION  # the added field is ignored by the old reader
+    assert v2.decode(old, "Registration") == {**REGISTRATION, "village": None}  # the new reader fills the default
+    assert v2.decode(new, "Registration")["village"] == "Loa Janan Ilir"
+
+
+def test_compatibility_endpoint_and_global_backward_rule(registry):
+    assert requests.get(f"{registry.url}/config", timeout=10).json()["compatibilityLevel"] == "BACKWARD"
+
+
+@pytest.mark.slow
+def test_schemas_live_in_kafka_and_survive_a_new_registry_process(settings, registry, kafka, tmp_path):
+    serde = AvroSerde(registry.url)
+    value = serde.encode(settings.topics.claims, "Claim", {
+        "event_id": str(uuid.uuid4()), "occurred_at": 1_750_000_000_000, "nik": "6402010101900001",
+        "region_code": "64.02", "program": "JKM", "amount_idr": 42_000_000, "status": "PAID", "claim_id": None})
+    other = SchemaRegistry.start_new(tmp_path / "second", bootstrap=kafka.bootstrap, cache_dir=registry.cache_dir,
+                                     version=registry.version)
+    try:
+        fresh = AvroSerde(other.url)
+        assert fresh.decode(value, "Claim")["amount_idr"] == 42_000_000
+        assert f"{settings.topics.claims}-value" in fresh.registry.get_subjects()
+    finally:
+        other.stop()
