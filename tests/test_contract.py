@@ -1,0 +1,35 @@
+"""schemas/avro agrees with ../shared/CONTRACT.md (via the shared checker, when the checkout has it beside)."""
+import subprocess
+import sys
+
+import pytest
+
+from streams.config import PROJECT_ROOT
+from streams.serde import contract_schemas
+
+CHECKER = PROJECT_ROOT.parent / "shared" / "tools" / "check-contract"
+
+
+@pytest.mark.skipif(not CHECKER.exists(), reason="../shared/tools/check-contract is not beside this checkout")
+def test_shared_contract_checker_passes():
+    out = subprocess.run([sys.executable, str(CHECKER)], cwd=PROJECT_ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "contract ok" in out.stdout
+
+
+def test_every_non_required_field_has_a_default():
+    required = {
+        "Registration": {"event_id", "occurred_at", "nik", "region_code", "segment", "cohort", "occupation",
+                         "funding_source", "programs"},
+        "Contribution": {"event_id", "occurred_at", "nik", "region_code", "period", "amount_idr", "funding_source"},
+        "Claim": {"event_id", "occurred_at", "nik", "region_code", "program", "amount_idr", "status"},
+        "RegionAlert": {"alert_id", "region_code", "kind", "status", "occurred_at", "started_at"},
+    }
+    schemas = contract_schemas()
+    assert set(schemas) == set(required)
+    for name, schema in schemas.items():
+        fields = {f["name"]: f for f in schema["fields"]}
+        assert required[name] <= set(fields)
+        for fname, field in fields.items():
+            assert fname in required[name] or "default" in field, f"{name}.{fname} needs a default"
+        assert schema["name"] == f"id.kaltim.jamsostek.{name}"
