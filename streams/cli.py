@@ -138,6 +138,22 @@ def regions() -> None:
 
 
 @app.command()
+def worker(config: Optional[Path] = ConfigOpt,
+           loglevel: str = typer.Option("info", help="debug, info, warning, error")) -> None:
+    """Run a stream worker: decode, validate, keep the participant and region tables, serve /regions and /metrics."""
+    import faulthandler
+    import faust
+    from streams.app import create_app
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 <pid>` dumps every thread's stack
+    s = _settings(config)
+    try:
+        topo = create_app(s)
+    except ValueError as exc:  # e.g. production mode without PSEUDONYM_KEY
+        _fail(exc)
+    faust.Worker(topo.app, loglevel=loglevel, quiet=True).execute_from_commandline()
+
+
+@app.command()
 def run(
     config: Optional[Path] = ConfigOpt,
     live_rate: float = typer.Option(40, "--live", help="events/s once the history is replayed"),

@@ -17,6 +17,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEV_PSEUDONYM_KEY = b"kaltim-jamsostek-dev-key-not-secret"
 
 
 def default_cache_dir() -> Path:
@@ -48,8 +49,21 @@ class Settings(BaseSettings):
     mode: Literal["dev", "production"] = "dev"
 
     # --- worker ------------------------------------------------------------------------------------
+    app_id: str = "jamsostek"
+    store: Literal["memory", "rocksdb"] = "memory"
     web_port: int = 6066
     metrics_port: int = 9108
+    grace_months: int = Field(3, ge=0, description="complete unpaid months before a participant counts as lapsed")
+    allowed_lateness_days: float = Field(45, ge=0, description="older than the stream clock by more: dead-letter 'late'")
+    target_scale: float = Field(1.0, gt=0, description="multiply targets/quotas (a scaled-down simulation uses <1)")
+
+    def pseudonym_key_bytes(self) -> bytes:
+        """The HMAC key for NIK pseudonyms. Production refuses to run on the development key."""
+        if self.pseudonym_key is not None and self.pseudonym_key.get_secret_value():
+            return self.pseudonym_key.get_secret_value().encode()
+        if self.mode == "production":
+            raise ValueError("PSEUDONYM_KEY must be set in production mode (NIK pseudonyms need a secret key)")
+        return DEV_PSEUDONYM_KEY
 
     @classmethod
     def settings_customise_sources(

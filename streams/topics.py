@@ -7,9 +7,12 @@ from confluent_kafka.error import KafkaError
 from streams.config import Settings
 
 # A week of input is replayable from the topics themselves; the warehouse keeps history beyond that.
-INPUT_CONFIG = {"cleanup.policy": "delete", "retention.ms": str(7 * 86_400_000)}
-ALERT_CONFIG = {"cleanup.policy": "delete", "retention.ms": str(90 * 86_400_000)}
-DLQ_CONFIG = {"cleanup.policy": "delete", "retention.ms": str(30 * 86_400_000)}
+# Retention counts from arrival (LogAppendTime), whatever timestamp a publisher sets: a backfill stamped with
+# 2025 event times would otherwise be deleted by the next retention check, minutes after it was published.
+INPUT_CONFIG = {"cleanup.policy": "delete", "retention.ms": str(7 * 86_400_000),
+                "message.timestamp.type": "LogAppendTime"}
+ALERT_CONFIG = {"cleanup.policy": "delete", "retention.ms": str(90 * 86_400_000), "message.timestamp.type": "LogAppendTime"}
+DLQ_CONFIG = {"cleanup.policy": "delete", "retention.ms": str(30 * 86_400_000), "message.timestamp.type": "LogAppendTime"}
 
 
 def admin(settings: Settings) -> AdminClient:

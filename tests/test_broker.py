@@ -170,3 +170,20 @@ def test_compacted_topic_keeps_latest_value_per_key(kafka):
     table.pop(b"roll")
     assert len(records) < 150, f"no compaction happened within 90 s ({len(records)} records remain of 202+)"
     assert table == latest
+
+
+def test_input_topics_keep_backfilled_records_with_old_timestamps(settings):
+    """A publisher that stamps records with 2025 event times must not see them deleted by retention:
+    input topics count retention from arrival (LogAppendTime)."""
+    from streams.topics import ensure_topics
+    ensure_topics(settings)
+    topic = settings.topics.contributions
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers)
+    old = 1_735_700_000_000  # January 2025, far beyond the 7-day retention
+    for i in range(20):
+        producer.send(topic, key=b"k", value=str(i).encode(), timestamp_ms=old)
+    producer.flush()
+    producer.close()
+    records = read_all(settings.kafka_bootstrap_servers, topic, expected=20)
+    assert len(records) == 20
+    assert all(r.timestamp > old + 86_400_000 * 300 and r.timestamp_type == 1 for r in records)  # broker time

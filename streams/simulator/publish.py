@@ -59,7 +59,8 @@ class Publisher:
         value = wire_value(self.serde, topic, event)
         while True:
             try:
-                self.producer.produce(topic, value=value, key=event.key.encode(), timestamp=event.occurred_at)
+                # Kafka timestamp = publish time, as for a live upstream; event time travels in `occurred_at`
+                self.producer.produce(topic, value=value, key=event.key.encode())
                 break
             except BufferError:  # local queue full: let deliveries drain
                 self.producer.poll(0.1)

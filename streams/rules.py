@@ -1,0 +1,164 @@
+"""Domain rules as plain functions: pseudonyms, periods, participant transitions, region aggregates, views.
+
+The agents call these; tests call them directly. State is plain JSON-able dicts (Faust changelogs).
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+from datetime import datetime, timezone
+
+from streams.reference import Region
+
+SEEN_LIMIT = 256  # event-id hashes kept per participant for dedup (~20 years of monthly payments)
+PROGRAMME_COHORTS = ("VULNERABLE_WORKER", "NON_CIVIL_SERVANT")
+
+
+# -- pseudonyms and periods -------------------------------------------------------------------------
+def participant_key(nik: str, key: bytes) -> str:
+    """Keyed HMAC-SHA256 of the NIK (hex, 128 bits kept): stable, not reversible without the key."""
+    return hmac.new(key, nik.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def event_hash(event_id: str) -> int:
+    return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "big", signed=True)
+
+
+def period_index(period: str) -> int:
+    """'2025-03' -> months since year 0 (2025*12 + 2)."""
+    year, month = period.split("-")
+    return int(year) * 12 + int(month) - 1
+
+
+def period_of_ms(ms: int) -> int:
+    d = datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+    return d.year * 12 + d.month - 1
+
+
+def period_str(index: int) -> str:
+    return f"{index // 12:04d}-{index % 12 + 1:02d}"
+
+
+# -- participant state --------------------------------------------------------------------------------
+def new_participant() -> dict:
+    return {"reg": False, "r": None, "c": None, "f": None, "pt": None, "seen": []}
+
+
+def apply_event(state: dict | None, kind: str, event: dict) -> tuple[dict, list[dict], bool]:
+    """Apply one validated event to a participant. Returns (new state, region deltas, duplicate?).
+
+    ``event``: the pseudonymous event (no NIK): event_id, occurred_at, region_code, and per kind:
+    Registration cohort/funding_source/segment; Contribution period/amount_idr/funding_source;
+    Claim program/status/amount_idr. Deltas are dicts for the region stage.
+    """
+    state = dict(state) if state else new_participant()
+    h = event_hash(event["event_id"])
+    if h in state["seen"]:
+        return state, [], True
+    state["seen"] = (state["seen"] + [h])[-SEEN_LIMIT:]
+    at, region = event["occurred_at"], event["region_code"]
+    deltas: list[dict] = []
+    if kind == "Registration":
+        if not state["reg"]:
+            # paid-through starts the month before registration: the grace period runs from registration
+            start = period_of_ms(at) - 1
+            state.update(reg=True, r=region, c=event["cohort"], f=event["funding_source"],
+                         pt=max(state["pt"], start) if state["pt"] is not None else start)
+            deltas.append({"k": "reg", "region": region, "cohort": state["c"], "funding": state["f"],
+                           "pt": state["pt"], "at": at})
+        # a second registration of a registered participant changes nothing (documented in docs/domain.md)
+    elif kind == "Contribution":
+        paid = period_index(event["period"])
+        old = state["pt"]
+        if old is None or paid > old:
+            state["pt"] = paid
+            if state["reg"]:
+                deltas.append({"k": "pt", "region": state["r"], "cohort": state["c"], "from": old, "to": paid, "at": at})
+        deltas.append({"k": "contrib", "region": state["r"] or region, "amount": event["amount_idr"], "at": at})
+    elif kind == "Claim":
+        deltas.append({"k": "claim", "region": region, "program": event["program"], "status": event["status"],
+                       "amount": event["amount_idr"], "at": at})
+    return state, deltas, False
+
+
+# -- region aggregates --------------------------------------------------------------------------------
+def new_region() -> dict:
+    return {"registered": {}, "hist": {}, "quota_used": {}, "over_quota": {}, "claims": {},
+            "contrib": [0, 0], "clock": 0, "last_registration": 0, "applied": {}}
+
+
+def _inc(d: dict, key: str, by: int = 1) -> None:
+    d[key] = d.get(key, 0) + by
+    if d[key] == 0:
+        del d[key]
+
+
+def apply_delta(stats: dict | None, delta: dict, region: Region, target_scale: float) -> dict:
+    """Fold one participant delta into a region's aggregate."""
+    stats = {k: (dict(v) if isinstance(v, dict) else list(v) if isinstance(v, list) else v)
+             for k, v in (stats or new_region()).items()}
+    stats["clock"] = max(stats["clock"], delta["at"])
+    kind = delta["k"]
+    if kind == "reg":
+        cohort, funding = delta["cohort"], delta["funding"]
+        _inc(stats["registered"], cohort)
+        hist = stats["hist"][cohort] = dict(stats["hist"].get(cohort, {}))
+        _inc(hist, str(delta["pt"]))
+        stats["last_registration"] = max(stats["last_registration"], delta["at"])
+        if cohort == "VULNERABLE_WORKER":
+            _inc(stats["quota_used"], funding)
+            if stats["quota_used"][funding] > round(region.quota.get(funding, 0) * target_scale):
+                _inc(stats["over_quota"], funding)  # flagged, still counted: never silently dropped
+    elif kind == "pt":
+        hist = stats["hist"][delta["cohort"]] = dict(stats["hist"].get(delta["cohort"], {}))
+        if delta["from"] is not None:
+            _inc(hist, str(delta["from"]), -1)
+        _inc(hist, str(delta["to"]))
+    elif kind == "contrib":
+        stats["contrib"] = [stats["contrib"][0] + 1, stats["contrib"][1] + delta["amount"]]
+    elif kind == "claim":
+        per_program = stats["claims"][delta["program"]] = {
+            s: list(v) for s, v in stats["claims"].get(delta["program"], {}).items()}
+        count, amount = per_program.get(delta["status"], [0, 0])
+        per_program[delta["status"]] = [count + 1, amount + delta["amount"]]
+    return stats
+
+
+def active_count(hist: dict, clock_period: int, grace_months: int) -> int:
+    """Participants paid up to within ``grace_months`` complete unpaid months before the clock's period."""
+    threshold = clock_period - 1 - grace_months
+    return sum(n for pt, n in hist.items() if int(pt) >= threshold)
+
+
+def region_view(region: Region, stats: dict | None, clock_ms: int, grace_months: int, target_scale: float) -> dict:
+    """What /regions shows for one region at the stream clock ``clock_ms``."""
+    stats = stats or new_region()
+    clock_period = period_of_ms(clock_ms) if clock_ms else 0
+    cohorts = {}
+    for cohort in ("VULNERABLE_WORKER", "NON_CIVIL_SERVANT", "GENERAL"):
+        registered = stats["registered"].get(cohort, 0)
+        active = active_count(stats["hist"].get(cohort, {}), clock_period, grace_months) if clock_ms else registered
+        target = round(region.target.get(cohort, 0) * target_scale)
+        cohorts[cohort] = {"registered": registered, "active": active, "lapsed": registered - active,
+                           "target": target, "coverage_ratio": round(active / target, 4) if target else None}
+    active = sum(cohorts[c]["active"] for c in PROGRAMME_COHORTS)
+    target = sum(cohorts[c]["target"] for c in PROGRAMME_COHORTS)
+    quota = {}
+    for funding in sorted(set(region.quota) | set(stats["quota_used"])):
+        total = round(region.quota.get(funding, 0) * target_scale)
+        used = stats["quota_used"].get(funding, 0)
+        quota[funding] = {"total": total, "used": used, "remaining": max(total - used, 0),
+                          "over_quota": stats["over_quota"].get(funding, 0)}
+    claims = {program: {status: {"count": c, "amount_idr": a} for status, (c, a) in sorted(per.items())}
+              for program, per in sorted(stats["claims"].items())}
+    return {
+        "code": region.code, "name": region.name, "kind": region.kind,
+        "registered": sum(stats["registered"].values()),
+        "active": sum(cohorts[c]["active"] for c in cohorts),
+        "lapsed": sum(cohorts[c]["lapsed"] for c in cohorts),
+        "target": target, "coverage_ratio": round(active / target, 4) if target else None,
+        "cohorts": cohorts, "quota": quota, "claims": claims,
+        "contributions": {"count": stats["contrib"][0], "amount_idr": stats["contrib"][1]},
+        "clock": period_str(clock_period) if clock_ms else None,
+        "last_event_at": stats["clock"] or None, "last_registration_at": stats["last_registration"] or None,
+    }

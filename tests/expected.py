@@ -1,0 +1,72 @@
+"""An independent computation of what the region tables must hold: a plain fold over the simulator's events,
+written without the project's rules module (periods and lapse are recomputed here from first principles)."""
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import datetime, timezone
+
+from streams.reference import regions
+
+
+def month_number(ms: int) -> int:
+    d = datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+    return d.year * 12 + d.month
+
+
+def period_number(period: str) -> int:
+    y, m = period.split("-")
+    return int(y) * 12 + int(m)
+
+
+def expected_regions(events, grace_months: int = 3, scale: float = 1.0) -> dict[str, dict]:
+    """``events``: SimEvents; only those with expect == 'processed' count."""
+    applied = [e for e in events if e.expect == "processed"]
+    clock = month_number(max(e.occurred_at for e in applied))
+    people: dict[str, dict] = {}
+    paid: dict[str, int] = defaultdict(int)
+    claims = defaultdict(lambda: [0, 0])
+    contributions = defaultdict(lambda: [0, 0])
+    for e in applied:
+        r = e.record
+        if e.record_name == "Registration" and e.key not in people:
+            people[e.key] = {"region": r["region_code"], "cohort": r["cohort"], "funding": r["funding_source"],
+                             "registered_in": month_number(r["occurred_at"])}
+        elif e.record_name == "Contribution":
+            paid[e.key] = max(paid[e.key], period_number(r["period"]))
+            contributions[r["region_code"]][0] += 1
+            contributions[r["region_code"]][1] += r["amount_idr"]
+        elif e.record_name == "Claim":
+            c = claims[(r["region_code"], r["program"], r["status"])]
+            c[0] += 1
+            c[1] += r["amount_idr"]
+    out = {}
+    for code, region in regions().items():
+        cohorts = {}
+        for cohort in ("VULNERABLE_WORKER", "NON_CIVIL_SERVANT", "GENERAL"):
+            members = [(k, p) for k, p in people.items() if p["region"] == code and p["cohort"] == cohort]
+            # paid through: the latest paid period, or the month before registration if later
+            active = sum(1 for k, p in members
+                         if clock - max(paid.get(k, 0), p["registered_in"] - 1) - 1 <= grace_months)
+            cohorts[cohort] = {"registered": len(members), "active": active}
+        used = defaultdict(int)
+        for p in people.values():
+            if p["region"] == code and p["cohort"] == "VULNERABLE_WORKER":
+                used[p["funding"]] += 1
+        quota = {}
+        for funding in sorted(set(region.quota) | set(used)):
+            total = round(region.quota.get(funding, 0) * scale)
+            quota[funding] = {"total": total, "used": used[funding], "remaining": max(total - used[funding], 0),
+                              "over_quota": max(used[funding] - total, 0)}
+        region_claims = defaultdict(dict)
+        for (rc, program, status), (count, amount) in claims.items():
+            if rc == code:
+                region_claims[program][status] = {"count": count, "amount_idr": amount}
+        out[code] = {"cohorts": cohorts, "quota": quota, "claims": dict(region_claims),
+                     "contributions": {"count": contributions[code][0], "amount_idr": contributions[code][1]}}
+    return out
+
+
+def comparable(view: dict) -> dict:
+    """The part of a /regions entry that expected_regions() computes."""
+    return {"cohorts": {c: {"registered": v["registered"], "active": v["active"]} for c, v in view["cohorts"].items()},
+            "quota": view["quota"], "claims": view["claims"], "contributions": view["contributions"]}

@@ -1,0 +1,117 @@
+"""Domain rules as plain functions: participant transitions, region folding, lapse by event time."""
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+
+from hypothesis import given, strategies as st
+
+from streams import rules
+from streams.reference import regions
+
+SAMARINDA = regions()["64.72"]
+
+
+def ms(year: int, month: int, day: int = 15) -> int:
+    return int(datetime(year, month, day, tzinfo=timezone.utc).timestamp() * 1000)
+
+
+def reg(at: int, cohort="VULNERABLE_WORKER", funding="APBD_PROVINCE") -> dict:
+    return {"event_id": str(uuid.uuid4()), "occurred_at": at, "region_code": "64.72", "cohort": cohort,
+            "funding_source": funding, "segment": "BPU"}
+
+
+def contrib(period: str, at: int, amount=16_800) -> dict:
+    return {"event_id": str(uuid.uuid4()), "occurred_at": at, "region_code": "64.72", "period": period,
+            "amount_idr": amount, "funding_source": "APBD_PROVINCE"}
+
+
+def fold(events: list[tuple[str, dict]], scale: float = 1.0) -> dict:
+    states, stats = {}, None
+    for kind, event in events:
+        key = event.get("who", "p1")
+        states[key], deltas, _ = rules.apply_event(states.get(key), kind, event)
+        for d in deltas:
+            stats = rules.apply_delta(stats, d, SAMARINDA, scale)
+    return stats
+
+
+def view(stats: dict, clock: int) -> dict:
+    return rules.region_view(SAMARINDA, stats, clock, grace_months=3, target_scale=1.0)
+
+
+def test_pseudonym_is_keyed_and_stable():
+    a = rules.participant_key("6472014107850003", b"k1")
+    assert a == rules.participant_key("6472014107850003", b"k1")
+    assert a != rules.participant_key("6472014107850003", b"k2")
+    assert "6472014107850003" not in a and len(a) == 32
+
+
+def test_lapse_after_grace_and_reactivation_by_paying_again():
+    events = [("Registration", reg(ms(2025, 1))), ("Contribution", contrib("2025-01", ms(2025, 1, 20)))]
+    stats = fold(events)
+    assert view(stats, ms(2025, 5))["active"] == 1  # Feb, Mar, Apr unpaid: 3 months, still within grace
+    assert view(stats, ms(2025, 6))["active"] == 0  # May too: past the grace, lapsed
+    assert view(stats, ms(2025, 6))["lapsed"] == 1
+    stats = fold(events + [("Contribution", contrib("2025-06", ms(2025, 6, 10)))])
+    assert view(stats, ms(2025, 6))["active"] == 1  # paying again reactivates
+
+
+def test_grace_starts_at_registration():
+    stats = fold([("Registration", reg(ms(2025, 3)))])
+    assert view(stats, ms(2025, 6))["active"] == 1
+    assert view(stats, ms(2025, 7))["active"] == 0
+
+
+def test_contribution_before_registration_is_applied_when_it_arrives():
+    early = [("Contribution", contrib("2025-04", ms(2025, 4, 2))), ("Registration", reg(ms(2025, 1)))]
+    stats = fold(early)
+    assert view(stats, ms(2025, 8))["active"] == 1  # paid through April counts, though it arrived first
+    assert stats["contrib"] == [1, 16_800]
+
+
+def test_duplicate_event_changes_nothing():
+    r = reg(ms(2025, 1))
+    state, deltas, dup = rules.apply_event(None, "Registration", r)
+    again, deltas2, dup2 = rules.apply_event(state, "Registration", r)
+    assert (dup, dup2) == (False, True) and deltas and not deltas2 and again == state
+
+
+def test_second_registration_with_new_event_id_is_not_counted_twice():
+    stats = fold([("Registration", reg(ms(2025, 1))), ("Registration", reg(ms(2025, 2)))])
+    assert stats["registered"] == {"VULNERABLE_WORKER": 1}
+
+
+def test_quota_overflow_is_flagged_not_dropped():
+    scale = 0.001  # Samarinda's province quota of 13,000 becomes 13
+    events = [("Registration", {**reg(ms(2025, 1)), "who": f"p{i}"}) for i in range(15)]
+    stats = fold(events, scale)
+    v = rules.region_view(SAMARINDA, stats, ms(2025, 1), 3, scale)
+    assert v["quota"]["APBD_PROVINCE"] == {"total": 13, "used": 15, "remaining": 0, "over_quota": 2}
+    assert v["registered"] == 15
+
+
+def test_claims_by_programme_and_status():
+    claim = {"event_id": "", "occurred_at": ms(2025, 2), "region_code": "64.72", "program": "JKM",
+             "amount_idr": 42_000_000}
+    events = [("Claim", {**claim, "event_id": str(uuid.uuid4()), "status": s}) for s in ("SUBMITTED", "APPROVED", "PAID")]
+    v = view(fold(events), ms(2025, 2))
+    assert v["claims"]["JKM"]["PAID"] == {"count": 1, "amount_idr": 42_000_000}
+    assert set(v["claims"]["JKM"]) == {"SUBMITTED", "APPROVED", "PAID"}
+
+
+def test_coverage_ratio_counts_programme_cohorts_only():
+    events = [("Registration", {**reg(ms(2025, 1)), "who": "a"}),
+              ("Registration", {**reg(ms(2025, 1), cohort="GENERAL", funding="SELF"), "who": "b"})]
+    v = view(fold(events), ms(2025, 1))
+    assert v["active"] == 2
+    assert v["coverage_ratio"] == round(1 / v["target"], 4)
+
+
+@given(st.lists(st.tuples(st.integers(0, 30), st.integers(1, 12)), max_size=30))
+def test_active_count_is_order_independent(payments):
+    events = [("Registration", reg(ms(2025, 1)))] + [
+        ("Contribution", contrib(f"2025-{m:02d}", ms(2025, m, 28) + d)) for d, m in payments]
+    forward, backward = fold(events), fold(events[:1] + events[1:][::-1])
+    for month in range(1, 13):
+        assert view(forward, ms(2025, month))["active"] == view(backward, ms(2025, month))["active"]
