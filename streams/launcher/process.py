@@ -43,12 +43,13 @@ def require_free(port: int, what: str) -> int:
     return port
 
 
-def spawn(cmd: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.Popen:
+def spawn(cmd: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None,
+          user: str | None = None) -> subprocess.Popen:
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         # own process group: a Ctrl-C in the terminal reaches us, and we stop the child in order
         return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
-                                cwd=cwd, start_new_session=True)
+                                cwd=cwd, start_new_session=True, user=user)
 
 
 def log_tail(log: Path, lines: int = 25) -> str:
@@ -74,11 +75,11 @@ def wait_until(ready: Callable[[], bool], proc: subprocess.Popen, what: str, log
     raise LauncherError(f"{what} did not become ready within {timeout:.0f}s. Log {log}:\n{log_tail(log)}")
 
 
-def stop(proc: subprocess.Popen | None, timeout: float = 20) -> None:
-    """SIGTERM (clean shutdown), then SIGKILL after ``timeout``."""
+def stop(proc: subprocess.Popen | None, timeout: float = 20, sig: int = signal.SIGTERM) -> None:
+    """``sig`` (a clean shutdown), then SIGKILL after ``timeout``."""
     if proc is None or proc.poll() is not None:
         return
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     try:
         proc.wait(timeout)
     except subprocess.TimeoutExpired:
