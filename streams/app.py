@@ -6,8 +6,9 @@ Flow (one module per stage):
          └─▶ <app>-participant-events (keyed by participant_key, JSON, no NIK)
               └─ participants.py  participant table: dedup, paid-through, registration
                    └─▶ <app>-region-deltas (keyed by region code)
-                        └─ regions.py  region GlobalTable: registered, paid-through histogram, quota, claims
-  web.py: GET /regions, /regions/{code}, /healthz; metrics.py gauges refreshed from the region table.
+                        └─ regions.py  region table: registered, paid-through histogram, quota, claims
+                             └─▶ <app>-regions-changelog ─▶ read_model.py on every worker (all 10 regions)
+  web.py: GET /regions, /regions/{code}, /healthz; metrics.py gauges refreshed from the read model.
 """
 from __future__ import annotations
 
@@ -30,8 +31,17 @@ class Topology:
     region_deltas: Any
     participants: Any
     regions: Any
+    read_model: Any
     watermarks: Any
+    clocks: Any
+    region_alerts: Any
     pseudonym_key: bytes
+    webhook: Any = None
+
+    @property
+    def input_partitions(self) -> list[str]:
+        """Every input partition as a clock source ("topic:partition", as ingest names them)."""
+        return [f"{topic}:{p}" for topic in self.settings.topics.inputs for p in range(self.settings.topic_partitions)]
 
 
 def create_app(settings: Settings) -> Topology:
@@ -47,10 +57,14 @@ def create_app(settings: Settings) -> Topology:
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=1,
         consumer_auto_offset_reset="earliest",
-        web_host="127.0.0.1",
+        web_host=settings.http_host,
         web_port=settings.web_port,
-        web_bind="127.0.0.1",
+        web_bind=settings.http_host,
         table_cleanup_interval=30.0,
+        # No standby replicas: with them, a worker joining a running group never fetched its active input
+        # partitions (seen here with faust 0.15.3 + aiokafka 0.14; cf. faust-streaming #629/#471). Failover then
+        # restores from the changelog instead of a hot standby.
+        table_standby_replicas=0,
     )
     t = settings.topics
     key = settings.pseudonym_key_bytes()
@@ -63,10 +77,24 @@ def create_app(settings: Settings) -> Topology:
         region_deltas=app.topic(f"{settings.app_id}-region-deltas", key_type=str,
                                 value_serializer="json", internal=True),
         participants=app.Table("participants", default=None, key_type=str),
-        regions=app.GlobalTable("regions", default=None, key_type=str),
-        watermarks=app.Table("watermarks", default=int, key_type=str),
+        regions=app.Table("regions", default=None, key_type=str),
+        read_model=None,
+        watermarks=app.Table("watermarks", default=None, key_type=str),
+        clocks=app.Table("clocks", default=None, key_type=str),
+        region_alerts=app.topic(t.region_alerts, key_type=bytes, value_type=bytes, key_serializer="raw",
+                                value_serializer="raw"),
         pseudonym_key=key,
     )
+    from streams.read_model import RegionReadModel
+    assert topo.regions.changelog_topic.get_topic_name() == settings.regions_changelog
+    topo.read_model = RegionReadModel(settings)
+    if settings.alert_webhook_url:
+        from sinks.alerts.webhook import WebhookSender
+        topo.webhook = WebhookSender(settings.alert_webhook_url)
+
+        @app.task
+        async def deliver_webhooks():
+            await topo.webhook.run()
     ingest.register(topo)
     participants.register(topo)
     regions.register(topo)

@@ -144,13 +144,68 @@ def worker(config: Optional[Path] = ConfigOpt,
     import faulthandler
     import faust
     from streams.app import create_app
+    from streams.topics import app_topics, ensure_topics
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 <pid>` dumps every thread's stack
     s = _settings(config)
     try:
         topo = create_app(s)
+        ensure_topics(s, extra=app_topics(topo))
     except ValueError as exc:  # e.g. production mode without PSEUDONYM_KEY
         _fail(exc)
     faust.Worker(topo.app, loglevel=loglevel, quiet=True).execute_from_commandline()
+
+
+@app.command()
+def migrate(config: Optional[Path] = ConfigOpt,
+            revision: str = typer.Argument("head", help="target revision (head, or e.g. base to empty it)")) -> None:
+    """Create or upgrade the warehouse schema (Alembic) at WAREHOUSE_URL and load the dimension tables."""
+    from sinks.warehouse import db
+    s = _settings(config)
+    url = s.warehouse_url
+    try:
+        if revision in ("base", "-1") or revision.startswith("-"):
+            db.downgrade(url, revision)
+        else:
+            db.migrate(url, revision)
+    except Exception as exc:  # unreachable database, bad URL: one readable line
+        _fail(exc)
+    console.print(f"[green]✓[/] warehouse at {_safe_url(url)} is at revision {revision}")
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+    return make_url(url).render_as_string(hide_password=True)
+
+
+@app.command()
+def sink(config: Optional[Path] = ConfigOpt,
+         loglevel: str = typer.Option("info", help="debug, info, warning, error")) -> None:
+    """Run the warehouse sink: migrate, then write facts and region snapshots, committing offsets after each batch."""
+    import asyncio
+    import logging
+    from prometheus_client import start_http_server
+    from sinks.warehouse import db
+    from sinks.warehouse.sink import WarehouseSink
+    s = _settings(config)
+    logging.basicConfig(level=loglevel.upper(), format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx2").setLevel(logging.WARNING)  # one line per registry lookup is noise
+    try:
+        s.pseudonym_key_bytes()  # production without a key: refuse before touching anything
+        db.migrate(s.warehouse_url)
+        warehouse = WarehouseSink(s)
+    except Exception as exc:
+        _fail(exc)
+    start_http_server(s.sink_metrics_port, addr=s.http_host)
+
+    async def main() -> None:
+        task, loop = asyncio.current_task(), asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):  # stop between batches' awaits; uncommitted work is re-read
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            await warehouse.run()
+        except asyncio.CancelledError:
+            console.print("warehouse sink stopped")
+    asyncio.run(main())
 
 
 @app.command()
@@ -160,8 +215,9 @@ def run(
     months: Optional[int] = typer.Option(None, help="months of history to replay first"),
     fresh: bool = typer.Option(False, help="delete the stack's stored data first"),
 ) -> None:
-    """Everything locally: Kafka, the schema registry, topics, and the simulator feeding live events."""
-    from streams.launcher import LauncherError
+    """Everything locally: Kafka, the schema registry, a worker, the warehouse sink, and the simulator feeding
+    live events. The web page, /regions and /metrics stay up until Ctrl-C."""
+    from streams.launcher import LauncherError, process
     from streams.launcher.stack import local_stack
     from streams.simulator.publish import run_simulation
     from streams.simulator.scenario import Scenario
@@ -169,15 +225,34 @@ def run(
     s = _settings(config)
     if fresh:
         shutil.rmtree(s.state_dir, ignore_errors=True)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # a TERM stops the stack cleanly, like Ctrl-C
+    scenario = Scenario.load()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # a TERM stops everything cleanly, like Ctrl-C
+    children = []
     try:
+        for port, what in ((s.web_port, "the worker's web page"), (s.metrics_port, "the worker's metrics"),
+                           (s.sink_metrics_port, "the sink's metrics")):
+            process.require_free(port, what)
         with local_stack(s, console) as live:
+            live = live.model_copy(update={"target_scale": scenario.scale})  # targets scaled like the simulation
             ensure_topics(live)
+            for command in ("worker", "sink"):
+                log = live.state_dir / f"{command}.log"
+                children.append(process.spawn([sys.executable, "-m", "streams.cli", command], log, env=live.as_env()))
+                console.print(f"[green]✓[/] {command} started (log: {log})")
             _print_endpoints(live)
+            console.print(f"  web page:  http://127.0.0.1:{live.web_port}/   (JSON: /regions/)")
+            console.print(f"  metrics:   http://127.0.0.1:{live.metrics_port}/metrics  and  "
+                          f"http://127.0.0.1:{live.sink_metrics_port}/metrics (sink)")
+            console.print(f"  warehouse: {_safe_url(live.warehouse_url)}")
             try:
-                run_simulation(live, Scenario.load(), months=months, live_rate=live_rate)
+                run_simulation(live, scenario, months=months, live_rate=live_rate)
+                console.print("history replayed; Ctrl-C stops everything")
+                signal.sigwait({signal.SIGINT, signal.SIGTERM})
             except KeyboardInterrupt:
                 console.print("interrupted")
+            finally:
+                for child in children:
+                    process.stop(child, 30)
     except LauncherError as exc:
         _fail(exc)
 

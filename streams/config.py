@@ -7,6 +7,7 @@ CONTRACT.md.
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,8 @@ from typing import Literal
 import platformdirs
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+from streams.stall import StallRules
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEV_PSEUDONYM_KEY = b"kaltim-jamsostek-dev-key-not-secret"
@@ -48,14 +51,44 @@ class Settings(BaseSettings):
     pseudonym_key: SecretStr | None = Field(None, description="HMAC key for NIK pseudonyms; required in production")
     mode: Literal["dev", "production"] = "dev"
 
+    # --- warehouse sink (cf. Kafka Connect JDBC: batch.size, linger, upsert keyed on the record's id) ---------------
+    sink_batch_size: int = Field(2000, ge=1, description="rows per database transaction at most")
+    sink_linger_seconds: float = Field(1.0, gt=0, description="wait at most this long to fill a batch")
+    sink_max_backoff_seconds: float = Field(30.0, gt=0, description="retry delay cap while the database is down")
+    snapshot_interval_seconds: float = Field(60.0, gt=0, description="how often region snapshots are written")
+    sink_metrics_port: int = 9109
+
     # --- worker ------------------------------------------------------------------------------------
     app_id: str = "jamsostek"
     store: Literal["memory", "rocksdb"] = "memory"
+    http_host: str = Field("127.0.0.1", description="address the web page and metrics listen on (0.0.0.0 in containers)")
     web_port: int = 6066
     metrics_port: int = 9108
     grace_months: int = Field(3, ge=0, description="complete unpaid months before a participant counts as lapsed")
     allowed_lateness_days: float = Field(45, ge=0, description="older than the stream clock by more: dead-letter 'late'")
     target_scale: float = Field(1.0, gt=0, description="multiply targets/quotas (a scaled-down simulation uses <1)")
+    clock_idle_seconds: float = Field(30, ge=0, description="a source partition whose clock has not moved for this "
+                                                           "long (wall time) is idle: the stream clock does not wait for it")
+    stall: StallRules = Field(default_factory=StallRules, description="stall rule thresholds (docs/domain.md)")
+
+    @property
+    def sink_group_id(self) -> str:
+        return f"{self.app_id}-warehouse"
+
+    @property
+    def regions_changelog(self) -> str:
+        """The region table's changelog topic (Faust names it ``<app id>-<table>-changelog``)."""
+        return f"{self.app_id}-regions-changelog"
+
+    def as_env(self) -> dict[str, str]:
+        """These settings as environment variables: what a child process (worker, sink) needs to see the same."""
+        env = {}
+        for name, value in self.model_dump(mode="json", exclude={"pseudonym_key"}).items():
+            if value is not None:
+                env[name.upper()] = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+        if self.pseudonym_key is not None:
+            env["PSEUDONYM_KEY"] = self.pseudonym_key.get_secret_value()
+        return env
 
     def pseudonym_key_bytes(self) -> bytes:
         """The HMAC key for NIK pseudonyms. Production refuses to run on the development key."""

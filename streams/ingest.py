@@ -1,17 +1,15 @@
 """Stage 1: input topics -> decode, validate, late check, pseudonymise -> participant events (or dead letters)."""
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 
 from streams import validation
 from streams.metrics import DEAD_LETTERS, EVENT_LAG, EVENTS
-from streams.rules import participant_key
-from streams.serde import DecodeError, RegistryUnavailable
+from streams.rules import DAY_MS, participant_key
+from streams.serde import DecodeError
 
 log = logging.getLogger(__name__)
-DAY_MS = 86_400_000
 
 
 async def dead_letter(topo, message, reason: str, detail: str) -> None:
@@ -25,16 +23,12 @@ async def dead_letter(topo, message, reason: str, detail: str) -> None:
     log.warning("dead-lettered %s[%d]@%d: %s", message.topic, message.partition, message.offset, reason)
 
 
-async def decode(topo, raw: bytes | None, record_name: str) -> dict:
-    """Decode, waiting out registry outages (a good record is never dead-lettered for them)."""
-    delay = 0.5
-    while True:
-        try:
-            return topo.serde.decode(raw, record_name)
-        except RegistryUnavailable as exc:
-            log.warning("schema registry unavailable (%s); retrying in %.1fs", exc, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 30)
+async def tick(topo, source: str, at: int) -> None:
+    """A watermark to every participant-events partition, behind the records of ``source`` sent before it
+    (one producer keeps per-partition order): "everything from ``source`` before ``at`` is on its way"."""
+    for partition in range(topo.settings.topic_partitions):
+        await topo.participant_events.send(key=None, value={"kind": "Tick", "src": source, "at": at},
+                                           partition=partition)
 
 
 def register(topo) -> None:
@@ -51,7 +45,7 @@ def _agent(topo, source, topic_name: str, record_name: str, lateness_ms: int) ->
         async for event in stream.events():
             message = event.message
             try:
-                record = await decode(topo, event.value, record_name)
+                record = await topo.serde.decode_waiting(event.value, record_name)
                 validation.check(record_name, record)
             except (DecodeError, validation.Invalid) as exc:
                 await dead_letter(topo, message, exc.reason, exc.detail)
@@ -60,15 +54,20 @@ def _agent(topo, source, topic_name: str, record_name: str, lateness_ms: int) ->
                 log.exception("unexpected error decoding %s[%d]@%d", message.topic, message.partition, message.offset)
                 await dead_letter(topo, message, "processing_error", type(exc).__name__)
                 continue
+            # per input partition: [highest event time, highest offset] seen. A record at an offset already
+            # covered is a replay (rebalance, restart before commit): not late, the event-id dedup decides.
             mark = f"{topic_name}:{message.partition}"
-            watermark = topo.watermarks[mark]
+            watermark, covered = topo.watermarks.get(mark) or (0, -1)
             at = record["occurred_at"]
-            if at < watermark - lateness_ms:
-                await dead_letter(topo, message, "late",
-                                  f"event time {(watermark - at) / DAY_MS:.1f} days behind this partition's clock")
-                continue
-            if at > watermark:
-                topo.watermarks[mark] = at
+            if message.offset > covered:
+                if at < watermark - lateness_ms:
+                    topo.watermarks[mark] = [watermark, message.offset]
+                    await dead_letter(topo, message, "late",
+                                      f"event time {(watermark - at) / DAY_MS:.1f} days behind this partition's clock")
+                    continue
+                topo.watermarks[mark] = [max(watermark, at), message.offset]
+                if at // DAY_MS > watermark // DAY_MS:  # this partition's clock entered a new day
+                    await tick(topo, mark, at)
             pkey = participant_key(record.pop("nik"), topo.pseudonym_key)
             record.update(kind=record_name, topic=topic_name)
             await topo.participant_events.send(key=pkey, value=record)

@@ -14,7 +14,14 @@ STALLED = Gauge("jamsostek_region_stalled", "1 while a stall alert is firing", [
 CLAIMS_PAID = Counter("jamsostek_claims_paid_idr", "Paid claim amounts (IDR)", ["region", "program"])
 EVENT_LAG = Histogram("jamsostek_event_lag_seconds", "Processing time minus event time",
                       buckets=(0.1, 0.5, 1, 5, 30, 60, 300, 3600, 86400, 7 * 86400, 30 * 86400, 365 * 86400))
+CONSUMER_LAG = Gauge("jamsostek_consumer_lag_records", "Input records not yet read by this worker",
+                     ["topic", "partition"])
+ALERTS = Counter("jamsostek_alerts", "Stall alert transitions raised by this worker", ["kind", "status"])
+WEBHOOK_FAILURES = Counter("jamsostek_alert_webhook_failures", "Alert webhook POSTs given up after all retries")
 SINK_WRITE = Histogram("jamsostek_sink_write_seconds", "Warehouse batch write duration")
+SINK_RECORDS = Counter("jamsostek_sink_records", "Records the warehouse sink consumed, by outcome (written, "
+                       "skipped_invalid: the worker dead-letters those)", ["topic", "outcome"])
+SINK_RETRIES = Counter("jamsostek_sink_retries", "Warehouse writes retried after a database error")
 
 
 def publish_region(view: dict) -> None:
@@ -26,4 +33,4 @@ def publish_region(view: dict) -> None:
     for funding, q in view["quota"].items():
         QUOTA_TOTAL.labels(code, funding).set(q["total"])
         QUOTA_USED.labels(code, funding).set(q["used"])
-    STALLED.labels(code).set(0)
+    STALLED.labels(code).set(1 if view["stalled"] else 0)

@@ -1,14 +1,18 @@
-"""Stage 3: per-region aggregates in a GlobalTable (every worker holds all 10 regions for the web views)."""
+"""Stage 3: per-region aggregates in a table partitioned by region (read everywhere through read_model.py), and
+stall detection on the region's low watermark (streams/stall.py), raising alerts through sinks/alerts.py."""
 from __future__ import annotations
 
-from streams import rules
+from sinks import alerts
+from streams import rules, stall
 from streams.metrics import CLAIMS_PAID
-from streams.reference import regions as reference_regions
+from streams.reference import reference
 
 
 def register(topo) -> None:
-    ref = reference_regions()
-    scale = topo.settings.target_scale
+    ref = reference()
+    settings = topo.settings
+    end_day = stall.month_day(ref.programme_end)
+    partitions = settings.topic_partitions
 
     @topo.app.agent(topo.region_deltas, name="regions")
     async def region_agent(stream):
@@ -19,8 +23,14 @@ def register(topo) -> None:
             # a replayed delta (participant stage re-run after a crash) is applied once
             if stats is not None and [offset, index] <= stats["applied"].get(str(partition), [-1, -1]):
                 continue
-            stats = rules.apply_delta(stats, delta, ref[code], scale)
+            stats = rules.apply_delta(stats, delta, ref.regions[code], settings.target_scale)
             stats["applied"][str(partition)] = [offset, index]
+            transitions = []
+            if delta["k"] == "tick" and len(stats["wm"]) >= partitions:  # every source partition has a clock
+                transitions = stall.advance(stats, ref.regions[code], min(stats["wm"].values()), settings.stall,
+                                            settings.grace_months, settings.target_scale, end_day)
             topo.regions[code] = stats
+            for alert in transitions:
+                await alerts.publish(topo, alert)
             if delta["k"] == "claim" and delta["status"] == "PAID":
                 CLAIMS_PAID.labels(code, delta["program"]).inc(delta["amount"])

@@ -8,6 +8,8 @@ import hashlib
 import hmac
 from datetime import datetime, timezone
 
+from streams import stall
+from streams.stall import DAY_MS
 from streams.reference import Region
 
 SEEN_LIMIT = 256  # event-id hashes kept per participant for dedup (~20 years of monthly payments)
@@ -22,6 +24,17 @@ def participant_key(nik: str, key: bytes) -> str:
 
 def event_hash(event_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "big", signed=True)
+
+
+def low_watermark(sources, now: float, idle_seconds: float) -> int:
+    """The stream clock over several sources, each ``(watermark, wall time it last advanced)``: the slowest
+    source that is still moving. A source that has not advanced for ``idle_seconds`` (a sparse partition, a
+    publisher gone quiet) is idle and not waited for; when all are idle, the clock is the most advanced one.
+    Idleness is judged by wall time, as in Flink's ``withIdleness``: in a replay every source keeps moving, so
+    the clock waits for the slowest and the result does not depend on how partitions interleave."""
+    sources = list(sources)
+    moving = [mark for mark, seen in sources if now - seen < idle_seconds]
+    return min(moving) if moving else max(mark for mark, _ in sources)
 
 
 def period_index(period: str) -> int:
@@ -84,7 +97,10 @@ def apply_event(state: dict | None, kind: str, event: dict) -> tuple[dict, list[
 # -- region aggregates --------------------------------------------------------------------------------
 def new_region() -> dict:
     return {"registered": {}, "hist": {}, "quota_used": {}, "over_quota": {}, "claims": {},
-            "contrib": [0, 0], "clock": 0, "last_registration": 0, "applied": {}}
+            "contrib": [0, 0], "clock": 0, "last_registration": 0, "applied": {},
+            # stall detection (streams/stall.py): low watermark per source partition, evaluation state
+            "wm": {}, "evaluated": None, "first_day": None, "days": {}, "recent": [], "active_series": [],
+            "alerts": {}, "forecast_fill_day": None}
 
 
 def _inc(d: dict, key: str, by: int = 1) -> None:
@@ -97,8 +113,12 @@ def apply_delta(stats: dict | None, delta: dict, region: Region, target_scale: f
     """Fold one participant delta into a region's aggregate."""
     stats = {k: (dict(v) if isinstance(v, dict) else list(v) if isinstance(v, list) else v)
              for k, v in (stats or new_region()).items()}
-    stats["clock"] = max(stats["clock"], delta["at"])
     kind = delta["k"]
+    if kind == "tick":  # the pipeline's low watermark from one source partition (streams/participants.py)
+        stats["wm"][str(delta["src"][0])] = max(stats["wm"].get(str(delta["src"][0]), 0), delta["at"])
+        return stats
+    stats["clock"] = max(stats["clock"], delta["at"])
+    stall.record(stats, delta)
     if kind == "reg":
         cohort, funding = delta["cohort"], delta["funding"]
         _inc(stats["registered"], cohort)
@@ -159,6 +179,13 @@ def region_view(region: Region, stats: dict | None, clock_ms: int, grace_months:
         "target": target, "coverage_ratio": round(active / target, 4) if target else None,
         "cohorts": cohorts, "quota": quota, "claims": claims,
         "contributions": {"count": stats["contrib"][0], "amount_idr": stats["contrib"][1]},
-        "clock": period_str(clock_period) if clock_ms else None,
+        "clock": period_str(clock_period) if clock_ms else None, "clock_ms": clock_ms or None,
+        "alerts": [{"kind": kind, "severity": stall.SEVERITY[kind], "since": stall.iso_day(a["started"]),
+                    "alert_id": stall.alert_id(region.code, kind, a["started"])}
+                   for kind, a in sorted(stats["alerts"].items()) if a["status"] == "firing"],
+        "stalled": any(a["status"] == "firing" for a in stats["alerts"].values()),
+        "forecast_fill_date": stall.iso_day(stats["forecast_fill_day"]) if stats["forecast_fill_day"] else None,
+        "evaluated_through": stall.iso_day(stats["evaluated"]) if stats["evaluated"] is not None else None,
+        "evaluating_since": stall.iso_day(stats["first_day"] + 1) if stats["first_day"] is not None else None,
         "last_event_at": stats["clock"] or None, "last_registration_at": stats["last_registration"] or None,
     }

@@ -8,9 +8,11 @@ change the binary encoding, and skipping datetime objects keeps the hot path che
 """
 from __future__ import annotations
 
+import asyncio
 import functools
 import io
 import json
+import logging
 import struct
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,8 @@ from confluent_kafka.schema_registry.error import SchemaRegistryError
 from fastavro.schema import expand_schema, parse_schema
 
 from streams.config import PROJECT_ROOT
+
+log = logging.getLogger(__name__)
 
 MAGIC = 0
 HEADER = struct.Struct(">bI")
@@ -147,3 +151,14 @@ class AvroSerde:
         if stream.tell() != len(body):
             raise DecodeError("avro_decode", f"{len(body) - stream.tell()} trailing bytes after the record")
         return record
+
+    async def decode_waiting(self, data: bytes | None, record_name: str) -> dict:
+        """``decode``, waiting out registry outages with backoff: a good record is never dead-lettered for them."""
+        delay = 0.5
+        while True:
+            try:
+                return self.decode(data, record_name)
+            except RegistryUnavailable as exc:
+                log.warning("schema registry unavailable (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30)

@@ -19,10 +19,24 @@ def admin(settings: Settings) -> AdminClient:
     return AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
 
 
-def ensure_topics(settings: Settings, timeout: float = 30) -> list[str]:
-    """Create missing topics; returns the names created now."""
+CHANGELOG_CONFIG = {"cleanup.policy": "compact"}
+REPARTITION_CONFIG = {"cleanup.policy": "delete", "retention.ms": str(7 * 86_400_000)}
+
+
+def app_topics(topo) -> dict[str, dict[str, str]]:
+    """The worker's own topics: repartition topics and one compacted changelog per table."""
+    wanted = {topic.get_topic_name(): REPARTITION_CONFIG for topic in (topo.participant_events, topo.region_deltas)}
+    return wanted | {table.changelog_topic.get_topic_name(): CHANGELOG_CONFIG for table in topo.app.tables.values()}
+
+
+def ensure_topics(settings: Settings, timeout: float = 30, extra: dict[str, dict[str, str]] | None = None) -> list[str]:
+    """Create missing topics (the contract's, plus ``extra``); returns the names created now.
+
+    Workers create their own topics this way before joining the group: a topic that appears only after the group's
+    first assignment is left unassigned by Faust's assignor ("Ignoring missing topic") until some later rebalance."""
     t = settings.topics
     wanted = {name: INPUT_CONFIG for name in t.inputs} | {t.region_alerts: ALERT_CONFIG, t.dead_letter: DLQ_CONFIG}
+    wanted |= extra or {}
     client = admin(settings)  # must outlive the futures, or librdkafka destroys the handle under them
     futures = client.create_topics(
         [NewTopic(name, settings.topic_partitions, 1, config=config) for name, config in wanted.items()],

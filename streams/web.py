@@ -1,31 +1,30 @@
 """HTTP views (read-only JSON) and the Prometheus endpoint of the worker."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from prometheus_client import start_http_server
 
-from streams import metrics, rules
-from streams.reference import regions as reference_regions
-
-
-def views(topo) -> list[dict]:
-    """All regions at the stream's clock: the latest event time seen in any region (so silence still ages)."""
-    ref = reference_regions()
-    stats = {code: topo.regions.get(code) for code in ref}
-    clock = max((s["clock"] for s in stats.values() if s), default=0)
-    s = topo.settings
-    return [rules.region_view(region, stats[code], clock, s.grace_months, s.target_scale) for code, region in ref.items()]
+from streams import metrics
 
 
 def register(topo) -> None:
     app = topo.app
 
+    page = (Path(__file__).with_name("static") / "index.html").read_text()
+
+    @app.page("/")
+    async def index(web, request):
+        """The live page for people: a table of the 10 regions, a coverage chart and bars (no CDN, works offline)."""
+        return web.html(page)
+
     @app.page("/regions/")
     async def all_regions(web, request):
-        return web.json(views(topo))
+        return web.json(topo.read_model.views())
 
     @app.page("/regions/{code}/")
     async def one_region(web, request, code: str):
-        for view in views(topo):
+        for view in topo.read_model.views():
             if view["code"] == code:
                 return web.json(view)
         return web.json({"error": f"unknown region {code[:10]!r}"}, status=404)
@@ -35,10 +34,26 @@ def register(topo) -> None:
         return web.json({"status": "ok", "app": app.conf.id})
 
     @app.task
+    async def follow_region_changelog():
+        await topo.read_model.run()
+
+    @app.task
     async def serve_metrics():
-        start_http_server(topo.settings.metrics_port, addr="127.0.0.1")
+        start_http_server(topo.settings.metrics_port, addr=topo.settings.http_host)
 
     @app.timer(1.0)
     async def refresh_gauges():
-        for view in views(topo):
+        for view in topo.read_model.views():
             metrics.publish_region(view)
+
+    @app.timer(5.0)
+    async def refresh_lag():
+        """Records behind the end of each assigned input partition (highwater - next offset to read)."""
+        consumer = app.consumer
+        inputs = set(topo.settings.topics.inputs)
+        for tp in consumer.assignment():
+            if tp.topic in inputs:
+                highwater, read = consumer.highwater(tp), consumer._read_offset[tp]
+                if highwater is not None:
+                    metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(
+                        max(highwater - (read + 1 if read is not None else 0), 0))

@@ -47,3 +47,20 @@ def settings(kafka, registry, tmp_path: Path) -> Settings:
 def serde(registry):
     from streams.serde import AvroSerde
     return AvroSerde(registry.url)
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory):
+    """One real PostgreSQL server (Debian package) on loopback; each test makes its own database."""
+    from streams.launcher.postgres import PostgresServer
+    server = PostgresServer.start_new(tmp_path_factory.mktemp("postgres"))
+    yield server
+    server.destroy()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def warehouse_url(request, tmp_path) -> str:
+    """A fresh, empty warehouse database of each kind."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'warehouse.db'}"
+    return request.getfixturevalue("postgres").create_database(unique("wh"))

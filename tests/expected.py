@@ -70,3 +70,42 @@ def comparable(view: dict) -> dict:
     """The part of a /regions entry that expected_regions() computes."""
     return {"cohorts": {c: {"registered": v["registered"], "active": v["active"]} for c, v in view["cohorts"].items()},
             "quota": view["quota"], "claims": view["claims"], "contributions": view["contributions"]}
+
+
+def expected_alerts(events, scale: float, first_days: dict[str, int], until_day: int, rules_=None) -> list[tuple]:
+    """The stall alerts of a sequential fold over the same events (the project's pure rule functions, one event
+    after another, one tick per event-time day): what the distributed pipeline must reproduce exactly.
+    ``first_days``: region -> first evaluated day, as the pipeline reports it (``evaluating_since``)."""
+    from streams import rules, stall
+    from streams.reference import reference
+    from streams.stall import DAY_MS, StallRules
+    ref = reference()
+    end = stall.month_day(ref.programme_end)
+    rules_ = rules_ or StallRules()
+    people, stats, out = {}, {}, []
+    for code, region in ref.regions.items():
+        stats[code] = rules.new_region()
+        stats[code]["evaluated"] = stats[code]["first_day"] = first_days[code] - 1
+
+    def tick(day: int) -> None:
+        for code, region in ref.regions.items():
+            for a in stall.advance(stats[code], region, day * DAY_MS, rules_, 3, scale, end):
+                if a["occurred_at"] // DAY_MS <= until_day:
+                    out.append((a["alert_id"], a["status"], a["occurred_at"]))
+
+    last = None
+    for e in events:
+        if e.expect != "processed":
+            continue
+        day = e.occurred_at // DAY_MS
+        if last is not None and day > last:
+            for d in range(last + 1, day + 1):
+                tick(d)
+        last = max(last or day, day)
+        record = {k: v for k, v in e.record.items() if k != "nik"}
+        state, deltas, _ = rules.apply_event(people.get(e.key), e.record_name, record)
+        people[e.key] = state
+        for delta in deltas:
+            stats[delta["region"]] = rules.apply_delta(stats[delta["region"]], delta, ref.regions[delta["region"]],
+                                                       scale)
+    return sorted(out)

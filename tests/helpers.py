@@ -25,3 +25,37 @@ def read_all(bootstrap: str, topic: str, expected: int | None = None, timeout: f
         return records
     finally:
         consumer.close()
+
+
+class WebhookReceiver:
+    """A real HTTP server on loopback that records JSON POSTs; the first ``fail_first`` answers are 503."""
+
+    def __init__(self, fail_first: int = 0):
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        receiver = self
+        self.received: list[dict] = []
+        self.refused = 0
+        self.fail_first = fail_first
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if receiver.refused < receiver.fail_first:
+                    receiver.refused += 1
+                    self.send_response(503)
+                else:
+                    receiver.received.append(json.loads(body))
+                    self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/alerts"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()

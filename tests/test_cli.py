@@ -86,8 +86,12 @@ def test_fetch_needs_no_network_the_second_time(base_settings):
 def test_run_brings_up_the_stack_and_kcat_sees_framed_avro(tmp_path):
     """The README's run command: broker + registry + simulator; `kcat -C` shows Confluent-framed Avro flowing."""
     port, registry_port = free_port(), free_port()
+    web, metrics, sink_metrics = free_port(), free_port(), free_port()
+    warehouse = tmp_path / "warehouse.db"
     env = {**os.environ, "LOCAL_BROKER_PORT": str(port), "LOCAL_CONTROLLER_PORT": str(free_port()),
-           "LOCAL_REGISTRY_PORT": str(registry_port), "STATE_DIR": str(tmp_path / "state"), "COLUMNS": "200"}
+           "LOCAL_REGISTRY_PORT": str(registry_port), "STATE_DIR": str(tmp_path / "state"), "COLUMNS": "200",
+           "WEB_PORT": str(web), "METRICS_PORT": str(metrics), "SINK_METRICS_PORT": str(sink_metrics),
+           "WAREHOUSE_URL": f"sqlite:///{warehouse}"}
     log = tmp_path / "run.log"
     with open(log, "w") as out:
         proc = subprocess.Popen([*JAMSOSTEK, "run", "--months", "1", "--live", "200"], stdout=out,
@@ -110,9 +114,33 @@ def test_run_brings_up_the_stack_and_kcat_sees_framed_avro(tmp_path):
         first = total_records(bootstrap, "jamsostek.contributions")
         time.sleep(8)
         assert total_records(bootstrap, "jamsostek.contributions") > first, "live events keep flowing"
+        # the worker serves the page, /regions and /metrics; the sink fills the warehouse
+        import requests
+        import sqlite3
+        def registered() -> int:
+            try:
+                return sum(r["registered"] for r in requests.get(f"http://127.0.0.1:{web}/regions/", timeout=5).json())
+            except (requests.RequestException, ValueError):
+                return 0
+        while registered() == 0 and time.monotonic() < deadline:
+            time.sleep(1)
+        assert registered() > 0, log.read_text()[-3000:]
+        assert '<table id="regions">' in requests.get(f"http://127.0.0.1:{web}/", timeout=5).text
+        assert "jamsostek_events_total" in requests.get(f"http://127.0.0.1:{metrics}/metrics", timeout=5).text
+        assert "jamsostek_sink_records_total" in requests.get(f"http://127.0.0.1:{sink_metrics}/metrics", timeout=5).text
+        rows = 0
+        while rows == 0 and time.monotonic() < deadline:
+            time.sleep(1)
+            try:
+                with sqlite3.connect(warehouse) as db:
+                    rows = db.execute("SELECT count(*) FROM fact_registration").fetchone()[0]
+            except sqlite3.OperationalError:  # not migrated yet
+                rows = 0
+        assert rows > 0
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         code = proc.wait(90)
     assert code == 0, log.read_text()[-3000:]
     assert "stopped the local stack" in log.read_text()
     assert not port_in_use(port) and not port_in_use(registry_port)
+    assert not any(port_in_use(p) for p in (web, metrics, sink_metrics)), "worker and sink stopped too"

@@ -1,4 +1,4 @@
-"""Run `jamsostek worker` as a subprocess for a test, and read it over HTTP like an operator would."""
+"""Run `jamsostek worker` / `jamsostek sink` as subprocesses for a test, and read them like an operator would."""
 from __future__ import annotations
 
 import os
@@ -15,41 +15,34 @@ from streams.config import Settings
 from streams.launcher.process import free_port
 
 
-class Worker:
+class Service:
+    """One `python -m streams.cli <command>` process with its own ports."""
+
+    command = ""
+
     def __init__(self, settings: Settings, log: Path, **env: str):
         self.settings = settings
         self.web_port, self.metrics_port = free_port(), free_port()
         self.log = log
-        self.env = {
-            **os.environ,
-            "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
-            "SCHEMA_REGISTRY_URL": settings.schema_registry_url,
-            "TOPIC_PREFIX": settings.topic_prefix,
-            "TOPIC_PARTITIONS": str(settings.topic_partitions),
-            "STATE_DIR": str(settings.state_dir),
-            "APP_ID": settings.app_id,
-            "TARGET_SCALE": str(settings.target_scale),
-            "STORE": settings.store,
-            "WEB_PORT": str(self.web_port),
-            "METRICS_PORT": str(self.metrics_port),
-            **env,
-        }
+        # a quiet stream's clock catches up after 10 s instead of 30 (tests wait for it)
+        self.env = {**os.environ, **settings.as_env(), "CLOCK_IDLE_SECONDS": "10", "WEB_PORT": str(self.web_port),
+                    "METRICS_PORT": str(self.metrics_port), "SINK_METRICS_PORT": str(self.metrics_port), **env}
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 90) -> "Worker":
+    def start(self, timeout: float = 90):
         with open(self.log, "a") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], stdout=out,
+            self.proc = subprocess.Popen([sys.executable, "-m", "streams.cli", self.command], stdout=out,
                                          stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
-        self.wait(lambda: requests.get(self.url("/healthz/"), timeout=2).ok, timeout, "worker web server")
+        self.wait(self.ready, timeout, f"{self.command} to start")
         return self
 
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.web_port}{path}"
+    def ready(self) -> bool:
+        return requests.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2).ok
 
     def wait(self, condition, timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"worker exited ({self.proc.returncode}):\n{self.tail()}"
+            assert self.proc.poll() is None, f"{self.command} exited ({self.proc.returncode}):\n{self.tail()}"
             try:
                 if condition():
                     return
@@ -69,17 +62,14 @@ class Worker:
                 out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
         return out
 
-    def events_accounted(self) -> dict[str, float]:
-        """outcome -> count, summed over input topics."""
+    def outcomes(self, metric: str) -> dict[str, float]:
+        """outcome label -> count of a counter, summed over its other labels."""
         totals: dict[str, float] = {}
         for (name, labels), value in self.metrics().items():
-            if name == "jamsostek_events_total":
+            if name == metric:
                 outcome = dict(labels)["outcome"]
                 totals[outcome] = totals.get(outcome, 0) + value
         return totals
-
-    def regions(self) -> dict[str, dict]:
-        return {r["code"]: r for r in requests.get(self.url("/regions/"), timeout=5).json()}
 
     def stop(self, timeout: float = 60) -> None:
         if self.proc and self.proc.poll() is None:
@@ -89,3 +79,29 @@ class Worker:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(10)
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+
+class Worker(Service):
+    command = "worker"
+
+    def ready(self) -> bool:
+        return requests.get(self.url("/healthz/"), timeout=2).ok
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.web_port}{path}"
+
+    def events_accounted(self) -> dict[str, float]:
+        """outcome -> count, summed over input topics."""
+        return self.outcomes("jamsostek_events_total")
+
+    def regions(self) -> dict[str, dict]:
+        return {r["code"]: r for r in requests.get(self.url("/regions/"), timeout=5).json()}
+
+
+class Sink(Service):
+    command = "sink"

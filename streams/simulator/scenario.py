@@ -56,6 +56,7 @@ class RegionPlan:
     ncs_coverage: float
     stall_from_month: int | None = None
     contributions_stop_from_month: int | None = None
+    pause_months: tuple[int, int] | None = None  # registrations pause from..until (inclusive), then resume
 
 
 @dataclass(slots=True)
@@ -238,6 +239,8 @@ class _Generator:
             region, plan = sc._regions[code], sc.plans[code]
             history = max(plan.stall_from_month or sc.months, 1)  # a stalling region reaches its level by then
             stalled = plan.stall_from_month is not None and month >= plan.stall_from_month
+            if plan.pause_months is not None:
+                stalled = stalled or plan.pause_months[0] <= month <= plan.pause_months[1]
             stopped = plan.contributions_stop_from_month is not None and month >= plan.contributions_stop_from_month
             # payments of people already registered (before this month's newcomers)
             for person in people:

@@ -1,0 +1,27 @@
+"""Alert channels. The region stage calls ``publish`` for every stall transition; it goes out as:
+
+- an Avro ``RegionAlert`` on ``jamsostek.region-alerts`` (keyed by region; the warehouse sink upserts it into
+  ``region_alert``),
+- a log line, and the ``jamsostek_alerts_total`` counter (the ``jamsostek_region_stalled`` gauge follows the
+  region table),
+- an HTTP POST in Alertmanager's webhook format to ``ALERT_WEBHOOK_URL`` when set (sinks/alerts/webhook.py).
+
+Alerts carry region figures only, never a participant: no NIK, no pseudonym.
+"""
+from __future__ import annotations
+
+import logging
+
+from streams.metrics import ALERTS
+
+log = logging.getLogger("jamsostek.alerts")
+
+
+async def publish(topo, alert: dict) -> None:
+    value = topo.serde.encode(topo.region_alerts.get_topic_name(), "RegionAlert", alert)
+    await topo.region_alerts.send(key=alert["region_code"].encode(), value=value)
+    ALERTS.labels(alert["kind"], alert["status"]).inc()
+    log.warning("ALERT %s %s [%s] %s (id %s)", alert["status"], alert["kind"], alert["severity"], alert["summary"],
+                alert["alert_id"])
+    if topo.webhook is not None:
+        topo.webhook.enqueue(alert)

@@ -1,0 +1,93 @@
+"""Database access for the warehouse: engines, Alembic migrations, dimension sync and the one upsert helper.
+
+Upserts follow Kafka Connect JDBC's ``insert.mode=upsert`` with ``pk.mode=record_value``: facts are keyed on
+``event_id`` and never change (``ON CONFLICT DO NOTHING``: a re-delivered record is a no-op); snapshots and alerts
+are keyed on their natural key and take the newest values (``ON CONFLICT DO UPDATE``). PostgreSQL and SQLite share
+the same ``INSERT ... ON CONFLICT`` syntax, so one statement builder serves both dialects.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, Engine, Table, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
+
+from sinks.warehouse.models import PROGRAM_NAMES, dim_program, dim_region
+from streams.reference import regions
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn, _record):  # readers (analysts, the web) don't block the writer
+            cursor = dbapi_conn.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def alembic_config(url: str) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def migrate(url: str, revision: str = "head") -> None:
+    """Bring the schema to ``revision`` and load the dimension tables from the reference data."""
+    command.upgrade(alembic_config(url), revision)
+    if revision == "head":
+        engine = make_engine(url)
+        with engine.begin() as conn:
+            sync_dimensions(conn)
+        engine.dispose()
+
+
+def downgrade(url: str, revision: str = "base") -> None:
+    command.downgrade(alembic_config(url), revision)
+
+
+def sync_dimensions(conn: Connection) -> None:
+    upsert(conn, dim_region, [{"region_code": r.code, "name": r.name, "kind": r.kind, "population": r.population}
+                              for r in regions().values()], update=True)
+    upsert(conn, dim_program, [{"program": p, "name": n} for p, n in PROGRAM_NAMES.items()], update=True)
+
+
+def upsert(conn: Connection, table: Table, rows: Sequence[dict], *, update: bool, newer: str | None = None) -> None:
+    """Insert ``rows`` (one executemany); on a primary-key conflict keep the old row, or take the new values
+    (only where the new ``newer`` column is not older than the stored one, when given)."""
+    if not rows:
+        return
+    keys = [c.name for c in table.primary_key.columns]
+    # one statement may not touch a row twice (PostgreSQL refuses): per key keep the first (facts) or last row
+    unique: dict[tuple, dict] = {}
+    for row in rows:
+        pk = tuple(row[k] for k in keys)
+        if pk not in unique or (update and (newer is None or row[newer] >= unique[pk][newer])):
+            unique[pk] = row
+    rows = list(unique.values())
+    insert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
+    if update:
+        stmt = insert.on_conflict_do_update(
+            index_elements=keys, set_={c: insert.excluded[c] for c in rows[0] if c not in keys},
+            where=None if newer is None else table.c[newer] <= insert.excluded[newer])
+    else:
+        stmt = insert.on_conflict_do_nothing(index_elements=keys)
+    conn.execute(stmt, rows)
+
+
+def count(conn: Connection, tables: Iterable[Table]) -> dict[str, int]:
+    from sqlalchemy import func, select
+    return {t.name: conn.execute(select(func.count()).select_from(t)).scalar_one() for t in tables}

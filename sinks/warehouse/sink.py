@@ -1,0 +1,147 @@
+"""The warehouse sink: input topics -> fact tables, alerts -> region_alert, the region changelog -> region_snapshot.
+
+Like Quix Streams' sinks and Kafka Connect's JDBC sink, at its core it is "write a batch, then commit": records are
+collected by size (``SINK_BATCH_SIZE``) and time (``SINK_LINGER_SECONDS``), written in one database transaction
+with idempotent upserts keyed on ``event_id``, and only then are their offsets committed. While the database is
+down the same batch is retried with capped exponential backoff; nothing is committed past unwritten data, so a
+crash at any point re-delivers at most the uncommitted batch, which the upserts absorb.
+
+Records that fail decoding or validation are skipped here (counted as ``skipped_invalid``): the stream worker
+dead-letters them with the reason, and one dead letter per bad record is enough.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from datetime import datetime, timezone
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import CommitFailedError
+from sqlalchemy import Table
+from sqlalchemy.exc import InterfaceError, OperationalError
+
+from sinks.warehouse import db, rows
+from sinks.warehouse.models import FACT_TABLES, region_alert, region_snapshot
+from streams import validation
+from streams.config import Settings
+from streams.metrics import SINK_RECORDS, SINK_RETRIES, SINK_WRITE
+from streams.read_model import RegionReadModel
+from streams.serde import AvroSerde, DecodeError
+
+log = logging.getLogger(__name__)
+
+
+class WarehouseSink:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.engine = db.make_engine(settings.warehouse_url)
+        self.serde = AvroSerde(settings.schema_registry_url)
+        self.key = settings.pseudonym_key_bytes()
+        self.read_model = RegionReadModel(settings)
+        self.record_names = {**settings.topics.inputs, settings.topics.region_alerts: "RegionAlert"}
+
+    # -- the loop -----------------------------------------------------------------------------------------------
+    async def run(self) -> None:
+        s = self.settings
+        consumer = AIOKafkaConsumer(*self.record_names, bootstrap_servers=s.kafka_bootstrap_servers,
+                                    group_id=s.sink_group_id, enable_auto_commit=False,
+                                    auto_offset_reset="earliest", max_poll_records=s.sink_batch_size)
+        await consumer.start()
+        helpers = [asyncio.create_task(self.read_model.run()), asyncio.create_task(self._snapshots())]
+        log.info("warehouse sink consuming %s as group %s into %s", ", ".join(self.record_names), s.sink_group_id,
+                 self.engine.url.render_as_string(hide_password=True))
+        try:
+            while True:
+                batch = await self._collect(consumer)
+                if batch:
+                    await self._write(await self._rows(batch))
+                    await self._commit(consumer, batch)
+        finally:
+            for task in helpers:
+                task.cancel()
+            await consumer.stop()
+            self.engine.dispose()
+
+    async def _collect(self, consumer: AIOKafkaConsumer) -> list:
+        """Up to ``sink_batch_size`` records, waiting at most ``sink_linger_seconds`` for the batch to fill."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.sink_linger_seconds
+        batch: list = []
+        while len(batch) < self.settings.sink_batch_size:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            got = await consumer.getmany(timeout_ms=int(remaining * 1000),
+                                         max_records=self.settings.sink_batch_size - len(batch))
+            for messages in got.values():
+                batch.extend(messages)
+        return batch
+
+    async def _rows(self, batch: list) -> dict[Table, list[dict]]:
+        loaded_at = datetime.now(timezone.utc)
+        out: dict[Table, list[dict]] = defaultdict(list)
+        for message in batch:
+            record_name = self.record_names[message.topic]
+            try:
+                record = await self.serde.decode_waiting(message.value, record_name)
+                if record_name == "RegionAlert":
+                    out[region_alert].append(rows.alert_row(record))
+                    continue
+                validation.check(record_name, record)
+            except (DecodeError, validation.Invalid):
+                SINK_RECORDS.labels(message.topic, "skipped_invalid").inc()
+                continue
+            source = (message.topic, message.partition, message.offset)
+            out[FACT_TABLES[record_name]].append(rows.fact_row(record_name, record, self.key, source, loaded_at))
+            SINK_RECORDS.labels(message.topic, "written").inc()
+        return out
+
+    async def _write(self, batch: dict[Table, list[dict]], *, update: bool = False) -> None:
+        """One transaction for the whole batch; retried (same rows) until the database takes it."""
+        delay = 0.5
+        while True:
+            try:
+                with SINK_WRITE.time():
+                    await asyncio.to_thread(self._write_sync, batch, update)
+                return
+            except (OperationalError, InterfaceError) as exc:
+                SINK_RETRIES.inc()
+                log.warning("warehouse write failed (%s); retrying the same batch in %.1fs",
+                            str(exc.orig or exc).splitlines()[0], delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.settings.sink_max_backoff_seconds)
+
+    def _write_sync(self, batch: dict[Table, list[dict]], update: bool) -> None:
+        with self.engine.begin() as conn:
+            for table, table_rows in batch.items():
+                if table is region_alert:  # an alert's newest transition wins, even if an older one is re-sent
+                    db.upsert(conn, table, table_rows, update=True, newer="updated_at")
+                else:
+                    db.upsert(conn, table, table_rows, update=update)
+
+    @staticmethod
+    async def _commit(consumer: AIOKafkaConsumer, batch: list) -> None:
+        offsets: dict[TopicPartition, int] = {}
+        for m in batch:
+            tp = TopicPartition(m.topic, m.partition)
+            offsets[tp] = max(offsets.get(tp, 0), m.offset + 1)
+        try:
+            await consumer.commit(offsets)
+        except CommitFailedError as exc:  # the group rebalanced meanwhile: the rows are written, the records
+            log.warning("offset commit failed (%s); the records will be re-delivered and upserted again", exc)
+
+    # -- region snapshots ---------------------------------------------------------------------------------------
+    async def _snapshots(self) -> None:
+        """Every ``snapshot_interval_seconds``: one row per region at the stream clock, when anything changed."""
+        last = None
+        while True:
+            await asyncio.sleep(self.settings.snapshot_interval_seconds)
+            if not self.read_model.ready.is_set():
+                continue
+            taken_at = datetime.now(timezone.utc)
+            snapshot = [row for row in (rows.snapshot_row(v, taken_at) for v in self.read_model.views()) if row]
+            figures = [{k: v for k, v in row.items() if k != "taken_at"} for row in snapshot]
+            if snapshot and figures != last:
+                await self._write({region_snapshot: snapshot}, update=True)
+                last = figures

@@ -1,0 +1,88 @@
+"""A read-only copy of every region's aggregate on every worker, for the web views and gauges.
+
+The region table is partitioned: each worker owns some regions. Every worker also tails the table's compacted
+changelog (all partitions, outside the consumer group) into a dict, so `/regions` answers for all 10 regions from
+any worker. This is what Faust's GlobalTable does; we do it with a plain consumer because, with faust 0.15.3 and
+aiokafka 0.14, a worker joining a group that has a GlobalTable intermittently never fetched its own input
+partitions (cf. faust-streaming #629/#471)."""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from streams import rules
+from streams.config import Settings
+from streams.reference import regions as reference_regions
+
+log = logging.getLogger(__name__)
+
+
+class RegionReadModel:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.bootstrap = settings.kafka_bootstrap_servers
+        self.topic = settings.regions_changelog
+        self.stats: dict[str, dict] = {}
+        self.ready = asyncio.Event()
+
+    def get(self, code: str) -> dict | None:
+        return self.stats.get(code)
+
+    def views(self) -> list[dict]:
+        """All regions at one stream clock: the low watermark, i.e. the slowest region's (every event before it is
+        in every region's figures). Silence still ages: the watermark moves with the other regions' events.
+        While one region is still catching up, the others are not aged past what it has seen."""
+        ref = reference_regions()
+        stats = {code: self.stats.get(code) for code in ref}
+        lows = [min(s["wm"].values()) for s in stats.values() if s and s["wm"]]
+        clock = min(lows, default=0)
+        s = self.settings
+        return [rules.region_view(region, stats[code], clock, s.grace_months, s.target_scale)
+                for code, region in ref.items()]
+
+    async def run(self) -> None:
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False, group_id=None,
+                                    auto_offset_reset="earliest")
+        await consumer.start()
+        try:
+            partitions = await self._partitions()
+            tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            ends = await consumer.end_offsets(tps)
+            log.info("read model following %s (partitions %s, end offsets %s)", self.topic, sorted(partitions),
+                     sorted(ends.values()))
+            if all(offset == 0 for offset in ends.values()):
+                self.ready.set()
+            async for message in consumer:
+                key = json.loads(message.key)
+                if message.value is None:
+                    self.stats.pop(key, None)
+                else:
+                    self.stats[key] = json.loads(message.value)
+                if not self.ready.is_set() and all(await self._caught_up(consumer, ends)):
+                    log.info("read model caught up with %s: %d regions", self.topic, len(self.stats))
+                    self.ready.set()
+        finally:
+            await consumer.stop()
+
+    async def _partitions(self) -> list[int]:
+        """The changelog's partitions, once it exists (the worker creates it while starting)."""
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        await admin.start()
+        try:
+            while True:
+                described = await admin.describe_topics([self.topic])
+                if described and described[0]["error_code"] == 0 and described[0]["partitions"]:
+                    return [p["partition"] for p in described[0]["partitions"]]
+                await asyncio.sleep(0.5)
+        finally:
+            await admin.close()
+
+    @staticmethod
+    async def _caught_up(consumer, ends) -> list[bool]:
+        return [await consumer.position(tp) >= end for tp, end in ends.items()]

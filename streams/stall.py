@@ -1,0 +1,213 @@
+"""Stall detection as plain functions: evaluated per region, once per event-time day, on the stream's clock.
+
+The region stage calls ``advance(stats, ...)`` whenever the region's low watermark (ticks propagated through the
+pipeline, see docs/domain.md "Clock and watermarks") passes the start of new days. Day D is evaluated "as of
+00:00 UTC of D" using only events that happened before D, so a replay yields the same alerts at the same event
+times however the partitions interleave. Rules (thresholds in ``StallRules``; reasoning in docs/domain.md):
+
+- NO_REGISTRATIONS: no vulnerable-worker registration for ``no_registration_days`` while quota remains.
+- PACE_BELOW_TARGET: recent registration pace is below the pace needed to fill the remaining quota by the
+  programme end (fires below ``pace_fire_ratio`` x needed, resolves above ``pace_resolve_ratio`` x needed).
+- COVERAGE_FALLING: active programme participants fell more than ``coverage_drop_fire`` below the window's peak.
+- CONTRIBUTIONS_STOPPED: no contribution at all for the region for ``no_contribution_days``.
+
+Each condition must hold ``for_days`` consecutive days to fire, and its clearing condition as long to resolve
+(Prometheus' ``for:`` plus hysteresis): no flapping on noisy input.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from pydantic import BaseModel, ConfigDict
+
+from streams.reference import Region
+
+DAY_MS = 86_400_000
+MAX_CATCH_UP_DAYS = 400  # a clock jump longer than this evaluates only its last days
+SEVERITY = {"NO_REGISTRATIONS": "WARNING", "PACE_BELOW_TARGET": "INFO", "COVERAGE_FALLING": "CRITICAL",
+            "CONTRIBUTIONS_STOPPED": "CRITICAL"}
+
+
+class StallRules(BaseModel):
+    """Thresholds of the stall rules (config: ``[stall]`` table in the TOML file, or ``STALL`` as JSON)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    no_registration_days: int = 14
+    pace_window_days: int = 30
+    pace_fire_ratio: float = 1.0
+    pace_resolve_ratio: float = 1.1
+    coverage_window_days: int = 30
+    coverage_drop_fire: float = 0.10
+    coverage_drop_resolve: float = 0.05
+    coverage_min_participants: int = 10
+    no_contribution_days: int = 35
+    for_days: int = 3
+
+    @property
+    def history_days(self) -> int:
+        return max(self.no_registration_days, self.pace_window_days, self.coverage_window_days,
+                   self.no_contribution_days)
+
+
+def day_of(ms: int) -> int:
+    return ms // DAY_MS
+
+
+def iso_day(day: int) -> str:
+    return datetime.fromtimestamp(day * DAY_MS / 1000, tz=timezone.utc).strftime("%Y-%m-%d")
+
+
+def month_day(period: str) -> int:
+    """First day (days since epoch) of the month after ``period`` ('2026-12' -> 2027-01-01)."""
+    year, month = map(int, period.split("-"))
+    year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+    return int(datetime(year, month, 1, tzinfo=timezone.utc).timestamp()) // 86_400
+
+
+def alert_id(self) -> str:
+        return f"{self.region}:{self.kind.lower()}:{iso_day(self.started_day)}" if hasattr(self, "region") else ""
+
+
+def alert_id(region_code: str, kind: str, started_day: int) -> str:
+    """Stable id: the same region, rule and start day always give the same id (replays, re-sends)."""
+    return f"{region_code}:{kind.lower()}:{iso_day(started_day)}"
+
+
+# -- recording what evaluations need -----------------------------------------------------------------------------
+def record(stats: dict, delta: dict) -> None:
+    """Called by rules.apply_delta for every delta: daily counts, and the deltas after the evaluation frontier."""
+    kind, at = delta["k"], delta["at"]
+    day = str(day_of(at))
+    if kind == "reg" and delta["cohort"] == "VULNERABLE_WORKER":
+        stats["days"].setdefault(day, [0, 0])[0] += 1
+    elif kind == "contrib":
+        stats["days"].setdefault(day, [0, 0])[1] += 1
+    frontier = stats["evaluated"]  # None before the first evaluation: keep everything until it trims
+    if kind in ("reg", "pt") and (frontier is None or day_of(at) > frontier):
+        stats["recent"].append([at, delta["cohort"], delta.get("from") if kind == "pt" else None,
+                                delta["pt"] if kind == "reg" else delta["to"]])
+
+
+# -- evaluation ----------------------------------------------------------------------------------------------------
+def _window(days: dict, day: int, length: int, column: int) -> int:
+    return sum(days.get(str(d), (0, 0))[column] for d in range(day - length, day))
+
+
+def _as_of(stats: dict, day: int) -> tuple[dict, int]:
+    """Per programme cohort: the paid-through histogram and the registered count as they were at 00:00 of ``day``
+    (undoing deltas that happened later but were already applied)."""
+    hist = {c: dict(h) for c, h in stats["hist"].items()}
+    registered = dict(stats["registered"])
+    start = day * DAY_MS
+    for at, cohort, old, new in stats["recent"]:
+        if at >= start:
+            h = hist.setdefault(cohort, {})
+            h[str(new)] = h.get(str(new), 0) - 1
+            if old is not None:
+                h[str(old)] = h.get(str(old), 0) + 1
+            else:
+                registered[cohort] = registered.get(cohort, 0) - 1
+    return hist, registered
+
+
+def _step(alert: dict | None, cond: bool, clear: bool, day: int, for_days: int) -> tuple[dict, str | None]:
+    alert = dict(alert or {"status": "ok", "streak": 0, "started": None})
+    if alert["status"] == "ok":
+        alert["streak"] = alert["streak"] + 1 if cond else 0
+        if alert["streak"] >= for_days:
+            return {"status": "firing", "streak": 0, "started": day}, "FIRING"
+    else:
+        alert["streak"] = alert["streak"] + 1 if clear else 0
+        if alert["streak"] >= for_days:
+            return {"status": "ok", "streak": 0, "started": None, "last_started": alert["started"]}, "RESOLVED"
+    return alert, None
+
+
+def evaluate_day(stats: dict, region: Region, day: int, rules: StallRules, grace_months: int, scale: float,
+                 programme_end_day: int) -> list[tuple[str, str, dict]]:
+    """Evaluate every rule for ``day``; update ``stats['alerts']``; return the transitions (kind, status, details)."""
+    from streams.rules import PROGRAMME_COHORTS, active_count, period_of_ms
+    hist, registered = _as_of(stats, day)
+    period = period_of_ms(day * DAY_MS)
+    active = sum(active_count(hist.get(c, {}), period, grace_months) for c in PROGRAMME_COHORTS)
+    series = [p for p in stats["active_series"] if p[0] > day - rules.coverage_window_days] + [[day, active]]
+    stats["active_series"] = series
+    known = day - stats["first_day"]  # days of history this region has been evaluated over
+    quota = sum(round(q * scale) for q in region.quota.values())
+    remaining = max(quota - registered.get("VULNERABLE_WORKER", 0), 0)
+    days = stats["days"]
+
+    regs_recent = _window(days, day, rules.no_registration_days, 0)
+    pace = _window(days, day, rules.pace_window_days, 0) / rules.pace_window_days
+    days_left = programme_end_day - day
+    needed = remaining / days_left if days_left > 0 else None
+    stats["forecast_fill_day"] = day + round(remaining / pace) if remaining and pace else (day if not remaining else None)
+    peak = max(n for _, n in series)
+    drop = 1 - active / peak if peak else 0.0
+    contribs = _window(days, day, rules.no_contribution_days, 1)
+    checks = {
+        "NO_REGISTRATIONS": (remaining > 0 and regs_recent == 0 and known >= rules.no_registration_days,
+                             remaining == 0 or regs_recent > 0,
+                             {"days_without_registration": str(rules.no_registration_days),
+                              "quota_remaining": str(remaining)}),
+        "PACE_BELOW_TARGET": (needed is not None and remaining > 0 and known >= rules.pace_window_days
+                              and pace < needed * rules.pace_fire_ratio,
+                              needed is None or remaining == 0 or pace >= needed * rules.pace_resolve_ratio,
+                              {"pace_per_day": f"{pace:.2f}", "needed_per_day": f"{needed or 0:.2f}",
+                               "quota_remaining": str(remaining),
+                               "forecast_fill_date": iso_day(stats["forecast_fill_day"])
+                               if stats["forecast_fill_day"] is not None else "never"}),
+        "COVERAGE_FALLING": (peak >= rules.coverage_min_participants and drop > rules.coverage_drop_fire,
+                             peak < rules.coverage_min_participants or drop < rules.coverage_drop_resolve,
+                             {"active": str(active), "window_peak": str(peak), "drop": f"{drop:.1%}"}),
+        "CONTRIBUTIONS_STOPPED": (sum(registered.values()) > 0 and contribs == 0
+                                  and known >= rules.no_contribution_days,
+                                  contribs > 0,
+                                  {"days_without_contribution": str(rules.no_contribution_days),
+                                   "registered": str(sum(registered.values()))}),
+    }
+    transitions = []
+    for kind, (cond, clear, details) in checks.items():
+        alert, change = _step(stats["alerts"].get(kind), cond, clear, day, rules.for_days)
+        stats["alerts"][kind] = alert
+        if change:
+            transitions.append((kind, change, details))
+    return transitions
+
+
+def advance(stats: dict, region: Region, low_watermark_ms: int, rules: StallRules, grace_months: int, scale: float,
+            programme_end_day: int) -> list[dict]:
+    """Evaluate every day whose start the low watermark has passed; returns alert transition records."""
+    target = day_of(low_watermark_ms)
+    if stats["evaluated"] is None:
+        stats["evaluated"] = stats["first_day"] = target - 1
+    start = max(stats["evaluated"] + 1, target - MAX_CATCH_UP_DAYS + 1)
+    out = []
+    for day in range(start, target + 1):
+        for kind, status, details in evaluate_day(stats, region, day, rules, grace_months, scale, programme_end_day):
+            alert = stats["alerts"][kind]
+            started = alert["started"] if status == "FIRING" else alert["last_started"]
+            out.append({"alert_id": alert_id(region.code, kind, started), "region_code": region.code, "kind": kind,
+                        "status": status, "severity": SEVERITY[kind], "occurred_at": day * DAY_MS,
+                        "started_at": started * DAY_MS, "resolved_at": day * DAY_MS if status == "RESOLVED" else None,
+                        "summary": summary(region, kind, status, details), "details": details})
+    if target > stats["evaluated"]:
+        stats["evaluated"] = target
+        frontier_ms = (target + 1) * DAY_MS
+        stats["recent"] = [r for r in stats["recent"] if r[0] >= frontier_ms]
+        oldest = target - rules.history_days
+        stats["days"] = {d: v for d, v in stats["days"].items() if int(d) >= oldest}
+    return out
+
+
+def summary(region: Region, kind: str, status: str, details: dict) -> str:
+    what = {
+        "NO_REGISTRATIONS": f"no new registrations for {details.get('days_without_registration')} days "
+                            f"with {details.get('quota_remaining')} quota places left",
+        "PACE_BELOW_TARGET": f"registering {details.get('pace_per_day')}/day, needs {details.get('needed_per_day')}"
+                             f"/day to fill the quota in time (forecast {details.get('forecast_fill_date')})",
+        "COVERAGE_FALLING": f"active participants down {details.get('drop')} from the 30-day peak",
+        "CONTRIBUTIONS_STOPPED": f"no contributions for {details.get('days_without_contribution')} days",
+    }[kind]
+    return f"{region.name} ({region.code}): {what}" + (" — resolved" if status == "RESOLVED" else "")

@@ -1,0 +1,175 @@
+"""Stall rules as pure functions: each rule fires and resolves at exact event-time days, silence is detected,
+noisy input does not flap, and the result does not depend on how source partitions interleave."""
+from __future__ import annotations
+
+import random
+from datetime import datetime, timezone
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from streams import rules, stall
+from streams.reference import regions
+from streams.stall import DAY_MS, StallRules
+
+REGION = regions()["64.07"]  # Kutai Barat
+SCALE = 0.01
+END_DAY = stall.month_day("2026-12")
+DAY0 = int(datetime(2025, 1, 1, tzinfo=timezone.utc).timestamp() * 1000) // DAY_MS
+RULES = StallRules()
+
+
+def reg(day: int, n: int = 0, cohort: str = "VULNERABLE_WORKER") -> dict:
+    at = (DAY0 + day) * DAY_MS + 3_600_000 + n
+    return {"k": "reg", "region": REGION.code, "cohort": cohort, "funding": "APBD_PROVINCE",
+            "pt": rules.period_of_ms(at) - 1, "at": at}
+
+
+def contrib(day: int) -> dict:
+    return {"k": "contrib", "region": REGION.code, "amount": 16_800, "at": (DAY0 + day) * DAY_MS + 7_200_000}
+
+
+def pay(day: int, old: int, new: int, cohort: str = "VULNERABLE_WORKER") -> dict:
+    return {"k": "pt", "region": REGION.code, "cohort": cohort, "from": old, "to": new,
+            "at": (DAY0 + day) * DAY_MS + 7_200_000}
+
+
+def run(deltas: list[dict], days: int, rules_: StallRules = RULES, scale: float = SCALE) -> list[tuple[str, str, str]]:
+    """Apply ``deltas`` (in event-time order) with a daily tick after each day's events; the transitions as
+    (kind, status, ISO day)."""
+    stats, out = None, []
+    by_day: dict[int, list[dict]] = {}
+    for d in deltas:
+        by_day.setdefault(d["at"] // DAY_MS - DAY0, []).append(d)
+    for day in range(days):
+        for d in by_day.get(day, []):
+            stats = rules.apply_delta(stats, d, REGION, scale)
+        stats = rules.apply_delta(stats, {"k": "tick", "at": (DAY0 + day + 1) * DAY_MS, "src": [0, day, 0]},
+                                  REGION, scale)
+        for a in stall.advance(stats, REGION, min(stats["wm"].values()), rules_, 3, scale, END_DAY):
+            out.append((a["kind"], a["status"], stall.iso_day(a["occurred_at"] // DAY_MS)))
+    return out
+
+
+def iso(day: int) -> str:
+    return stall.iso_day(DAY0 + day)
+
+
+def test_no_registrations_fires_after_the_window_and_resolves_when_registrations_resume():
+    deltas = [reg(d) for d in range(20)] + [contrib(d) for d in range(0, 120, 5)] + [reg(d) for d in range(60, 90)]
+    events = [t for t in run(deltas, 100) if t[0] == "NO_REGISTRATIONS"]
+    # last registration on day 19; day 34 is the first whose 14-day window [20, 33] is empty; 3 days to fire
+    # registrations resume on day 60: day 61's window holds one; clear for 3 days -> resolved on day 63
+    assert events == [("NO_REGISTRATIONS", "FIRING", iso(36)), ("NO_REGISTRATIONS", "RESOLVED", iso(63))]
+
+
+def test_a_silent_region_is_detected_from_the_clock_alone():
+    """No event at all for the region: the ticks (the stream's clock across all regions) still age it."""
+    events = run([], 40)
+    assert ("NO_REGISTRATIONS", "FIRING", iso(16)) in events  # evaluated from day 0: 14 quiet days + 3 for-days
+    assert not any(k == "CONTRIBUTIONS_STOPPED" for k, _, _ in events)  # nobody registered: nothing to pay
+
+
+def test_contributions_stopped_fires_and_resolves():
+    deltas = [reg(0, i) for i in range(30)] + [reg(d) for d in range(1, 200)]
+    deltas += [contrib(d) for d in range(0, 50)] + [contrib(d) for d in range(120, 200)]
+    events = [t for t in run(sorted(deltas, key=lambda d: d["at"]), 200) if t[0] == "CONTRIBUTIONS_STOPPED"]
+    # last contribution day 49; first empty 35-day window [50, 84] on day 85; fires day 87; resumes day 120
+    assert events == [("CONTRIBUTIONS_STOPPED", "FIRING", iso(87)), ("CONTRIBUTIONS_STOPPED", "RESOLVED", iso(123))]
+
+
+def test_coverage_falling_when_payments_stop_and_participants_lapse():
+    """40 participants register in January 2025 (paid through December 2024) and pay monthly up to 2025-03;
+    then payments stop. With 3 months' grace they lapse when the clock enters 2025-08 (day 212)."""
+    deltas = [reg(0, i) for i in range(40)]
+    for month, day in ((2025 * 12 + 0, 10), (2025 * 12 + 1, 40), (2025 * 12 + 2, 70)):
+        deltas += [pay(day, month - 1, month) for _ in range(40)]
+    deltas += [contrib(d) for d in range(0, 260, 3)]  # (others keep paying in: no other rule interferes)
+    events = run(sorted(deltas, key=lambda d: d["at"]), 260)
+    falling = [t for t in events if t[0] == "COVERAGE_FALLING"]
+    lapse_day = (int(datetime(2025, 8, 1, tzinfo=timezone.utc).timestamp() * 1000) // DAY_MS) - DAY0
+    assert falling[0] == ("COVERAGE_FALLING", "FIRING", iso(lapse_day + 2))
+    # the drop ages out of the 30-day window: "falling" resolves (the lapse itself stays visible in /regions)
+    assert falling[1][1] == "RESOLVED" and len(falling) == 2
+
+
+def test_pace_below_target_reports_a_forecast_and_resolves_when_the_pace_picks_up():
+    """Full scale: Kutai Barat's quota needs ~5 registrations a day to be filled by the end of 2026."""
+    slow = [reg(d, 0) for d in range(0, 120, 10)]  # one every ten days: far too slow
+    fast = [reg(d, i) for d in range(120, 200) for i in range(10)]  # then ten a day: enough
+    events = [t for t in run(slow + fast, 200, scale=1.0) if t[0] == "PACE_BELOW_TARGET"]
+    # judged once 30 days of history exist (day 30), fires after 3 days; resolves once the 30-day pace passes
+    # 1.1x the needed pace (~17 days into the fast phase), again after 3 days
+    assert events[0] == ("PACE_BELOW_TARGET", "FIRING", iso(32))
+    assert len(events) == 2 and events[1][1] == "RESOLVED" and iso(130) < events[1][2] < iso(150)
+
+
+def test_noisy_input_does_not_flap():
+    """A condition that holds on alternate days never fires (it must hold ``for_days`` in a row)."""
+    alert, changes = None, []
+    for day in range(100):
+        alert, change = stall._step(alert, day % 2 == 0, day % 2 == 1, day, 3)
+        changes.append(change)
+    assert not any(changes)
+    # hysteresis: after firing, a value between the fire and resolve thresholds does not resolve
+    alert, _ = stall._step(None, True, False, 0, 1)
+    alert, change = stall._step(alert, False, False, 1, 1)
+    assert alert["status"] == "firing" and change is None
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.randoms(use_true_random=False))
+def test_alerts_do_not_depend_on_how_two_source_partitions_interleave(rnd: random.Random):
+    """Events arrive from two source partitions, each in order and each followed by its own ticks; the region's
+    low watermark is the minimum. Any interleaving gives the same transitions at the same days."""
+    deltas = [reg(d) for d in range(25)] + [contrib(d) for d in range(0, 40, 2)] + [reg(d) for d in range(70, 80)]
+    deltas.sort(key=lambda d: d["at"])
+    sources: list[list[dict]] = [[], []]
+    for i, d in enumerate(deltas):
+        sources[i % 2].append(d)
+    for s, items in enumerate(sources):  # each source ticks at every day boundary it passes
+        ticked = []
+        for day in range(100):
+            ticked += [d for d in items if d["at"] // DAY_MS - DAY0 == day]
+            ticked.append({"k": "tick", "at": (DAY0 + day + 1) * DAY_MS, "src": [s, day, 0]})
+        sources[s] = ticked
+
+    def replay(order: list[int]) -> list:
+        stats, out, pos = None, [], [0, 0]
+        for s in order:
+            d = sources[s][pos[s]]
+            pos[s] += 1
+            stats = rules.apply_delta(stats, d, REGION, SCALE)
+            if d["k"] == "tick" and len(stats["wm"]) == 2:
+                out += stall.advance(stats, REGION, min(stats["wm"].values()), RULES, 3, SCALE, END_DAY)
+        return out
+
+    in_turn = [0] * len(sources[0]) + [1] * len(sources[1])
+    shuffled = in_turn[:]
+    rnd.shuffle(shuffled)
+    assert replay(in_turn) == replay(shuffled)
+    assert replay(in_turn)  # something did fire
+
+
+def test_alert_ids_are_stable_and_carry_no_personal_data():
+    assert stall.alert_id("64.11", "NO_REGISTRATIONS", DAY0) == "64.11:no_registrations:2025-01-01"
+    deltas = [reg(d) for d in range(5)]
+    stats = None
+    for d in deltas:
+        stats = rules.apply_delta(stats, d, REGION, SCALE)
+    alerts = []
+    for day in range(1, 40):
+        stats = rules.apply_delta(stats, {"k": "tick", "at": (DAY0 + day) * DAY_MS, "src": [0, day, 0]}, REGION, SCALE)
+        alerts += stall.advance(stats, REGION, (DAY0 + day) * DAY_MS, RULES, 3, SCALE, END_DAY)
+    assert alerts and all(set(a) >= {"alert_id", "region_code", "kind", "status", "severity", "occurred_at",
+                                     "started_at", "summary", "details"} for a in alerts)
+    assert all("Kutai Barat" in a["summary"] for a in alerts)
+
+
+@pytest.mark.parametrize("sources,low", [
+    ([(5, 99), (7, 99), (9, 99)], 5),  # all moving: the slowest
+    ([(5, 10), (7, 99), (9, 99)], 7),  # the slowest has not moved for 90 s: idle, not waited for
+    ([(5, 10), (7, 20), (9, 30)], 9),  # all idle: the front
+])
+def test_low_watermark_waits_for_the_slowest_moving_source(sources, low):
+    assert rules.low_watermark(sources, now=100, idle_seconds=30) == low
