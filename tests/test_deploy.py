@@ -1,0 +1,134 @@
+"""deploy/: Prometheus scrape config and alert rules (promtool check + unit tests), Alertmanager config (amtool),
+and the metric names the rules use exist in the code's metrics module."""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from streams.config import PROJECT_ROOT
+
+DEPLOY = PROJECT_ROOT / "deploy"
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} is missing: scripts/bootstrap.sh test installs it (Debian prometheus packages)")
+    return path
+
+
+def run(*cmd: str, cwd=None) -> str:
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=120)
+    assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout + done.stderr
+
+
+def test_prometheus_rules_and_config_are_valid():
+    out = run(tool("promtool"), "check", "rules", str(DEPLOY / "prometheus" / "rules" / "jamsostek.yml"))
+    assert "SUCCESS: 6 rules found" in out
+    run(tool("promtool"), "check", "config", "--syntax-only", str(DEPLOY / "prometheus" / "prometheus.yml"))
+
+
+def test_prometheus_rule_unit_tests_pass():
+    out = run(tool("promtool"), "test", "rules", "jamsostek_test.yml", cwd=DEPLOY / "prometheus" / "tests")
+    assert "SUCCESS" in out
+
+
+def test_alertmanager_config_is_valid():
+    out = run(tool("amtool"), "check-config", str(DEPLOY / "alertmanager" / "alertmanager.yml"))
+    assert "SUCCESS" in out
+
+
+def test_rules_only_use_metrics_the_code_exports():
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "rules" / "jamsostek.yml").read_text())
+    used = set()
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            used |= set(re.findall(r"\b(jamsostek_[a-z_]+)", rule["expr"]))
+    assert used and used <= exported_metric_names(), used - exported_metric_names()
+
+
+def exported_metric_names() -> set[str]:
+    """Every sample name the worker's and sink's metrics module can export (counters with _total, histograms with
+    _bucket/_sum/_count)."""
+    from prometheus_client import REGISTRY
+    import streams.metrics  # noqa: F401  (registers the collectors)
+    names = set()
+    for family in REGISTRY.collect():
+        names.add(family.name)
+        if family.type == "counter":
+            names.add(family.name + "_total")
+        if family.type == "histogram":
+            names |= {family.name + suffix for suffix in ("_bucket", "_sum", "_count")}
+    return names
+
+
+def test_grafana_dashboard_queries_parse_and_name_real_metrics(tmp_path):
+    import json
+    dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "jamsostek.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    assert len(exprs) >= 8 and len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
+    # promtool parses PromQL in rule files: every panel query as a recording rule
+    rules = {"groups": [{"name": "dashboard", "rules": [{"record": f"panel:{i}", "expr": e}
+                                                         for i, e in enumerate(exprs)]}]}
+    (tmp_path / "panels.yml").write_text(yaml.safe_dump(rules))
+    assert f"SUCCESS: {len(exprs)} rules found" in run(tool("promtool"), "check", "rules", str(tmp_path / "panels.yml"))
+    named = {m for e in exprs for m in re.findall(r"\b(jamsostek_[a-z_]+)", e)}
+    assert named <= exported_metric_names(), named - exported_metric_names()
+    titles = " ".join(p["title"].lower() for p in dashboard["panels"])
+    for topic in ("coverage", "quota", "claims", "stalled", "lag", "dead letters"):
+        assert topic in titles
+    provisioning = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text())
+    assert provisioning["datasources"][0]["uid"] == dashboard["panels"][0]["datasource"]["uid"]
+
+
+def k8s_documents() -> list[dict]:
+    """What `kubectl apply -k deploy/k8s` applies (the kustomization's resources)."""
+    kustomization = yaml.safe_load((DEPLOY / "k8s" / "kustomization.yaml").read_text())
+    docs = []
+    for resource in kustomization["resources"]:
+        docs += [d for d in yaml.safe_load_all((DEPLOY / "k8s" / resource).read_text()) if d]
+    return docs
+
+
+def test_k8s_manifests_are_consistent():
+    from streams.cli import app as cli
+    from streams.config import Settings
+    docs = k8s_documents()
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    assert {("StatefulSet", "jamsostek-worker"), ("Deployment", "jamsostek-sink"), ("Service", "jamsostek-worker"),
+            ("ConfigMap", "jamsostek-config"), ("ServiceMonitor", "jamsostek")} <= kinds
+    config = next(d for d in docs if d["kind"] == "ConfigMap")
+    fields = {name.upper() for name in Settings.model_fields}
+    assert set(config["data"]) <= fields
+    Settings(**{k.lower(): v for k, v in config["data"].items()})  # the values parse
+    commands = {c.name or c.callback.__name__ for c in cli.registered_commands}
+    services = [d for d in docs if d["kind"] == "Service"]
+    for workload in (d for d in docs if d["kind"] in ("StatefulSet", "Deployment")):
+        spec = workload["spec"]["template"]["spec"]
+        labels = workload["spec"]["template"]["metadata"]["labels"]
+        assert workload["spec"]["selector"]["matchLabels"].items() <= labels.items()
+        for container in spec["containers"]:
+            assert container["args"][0] in commands
+            env = {e["name"]: e for e in container.get("env", [])}
+            assert env["PSEUDONYM_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "jamsostek-secrets"  # never inline
+            assert set(env) <= fields
+            ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+            for probe in ("readinessProbe", "livenessProbe"):
+                if probe in container:
+                    assert container[probe]["httpGet"]["port"] in ports
+        # some Service selects these pods and names only ports they have
+        service = next(s for s in services if s["spec"]["selector"].items() <= labels.items())
+        assert {p["targetPort"] for p in service["spec"]["ports"]} <= set(ports)
+    worker = next(d for d in docs if d["kind"] == "StatefulSet")
+    mount = worker["spec"]["template"]["spec"]["containers"][0]["volumeMounts"][0]
+    assert mount["mountPath"] == config["data"]["STATE_DIR"]  # RocksDB state on the claimed volume
+    assert worker["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == mount["name"]
+    assert config["data"]["STORE"] == "rocksdb"
+    monitor = next(d for d in docs if d["kind"] == "ServiceMonitor")
+    selected = [s for s in services if monitor["spec"]["selector"]["matchLabels"].items() <= s["metadata"]["labels"].items()]
+    assert len(selected) == 2 and all(any(p["name"] == "metrics" for p in s["spec"]["ports"]) for s in selected)
