@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the project needs on a fresh machine (Debian + Python 3.11 + JDK), idempotently:
 #   bash scripts/bootstrap.sh run    -> Maven, kcat, the Python venv, the Kafka/Apicurio jars
-#   bash scripts/bootstrap.sh test   -> the same plus PostgreSQL and Prometheus/Alertmanager (promtool, amtool)
+#   bash scripts/bootstrap.sh test   -> the same plus PostgreSQL, Prometheus/Alertmanager (promtool, amtool), Chromium
 set -euo pipefail
 profile="${1:-run}"
 cd "$(dirname "$0")/.."
@@ -16,6 +16,8 @@ if [ "$profile" = test ]; then
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || pkgs+=(postgresql)
   command -v promtool >/dev/null || pkgs+=(prometheus)
   command -v amtool >/dev/null || pkgs+=(prometheus-alertmanager)
+  command -v chromium >/dev/null || pkgs+=(chromium)                  # the live page in a real browser
+  command -v chromedriver >/dev/null || pkgs+=(chromium-driver)
 fi
 if [ ${#pkgs[@]} -gt 0 ]; then
   say "installing Debian packages: ${pkgs[*]}"

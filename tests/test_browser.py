@@ -1,0 +1,70 @@
+"""The live page in a real browser (headless Chromium from Debian, driven by Selenium): while the simulator
+publishes, the numbers on the page change without a reload, and once the stream is quiet they equal GET /regions."""
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+
+import pytest
+import requests
+
+from streams.config import Settings
+from streams.simulator import Scenario
+from tests.conftest import unique
+from tests.test_topology import publish
+from tests.worker import Worker
+
+SCALE = 0.01
+
+
+@pytest.fixture
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver):
+        pytest.fail("chromium and chromium-driver are missing: scripts/bootstrap.sh test installs them")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1100"):
+        options.add_argument(arg)
+    b = webdriver.Chrome(options=options, service=Service(driver))
+    yield b
+    b.quit()
+
+
+def page_figures(browser) -> dict[str, tuple[int, int]]:
+    """Region code -> (registered, active) as the page shows them, read in one go (the table re-renders)."""
+    rows = browser.execute_script("""return Array.from(document.querySelectorAll('#regions tbody tr')).map(r =>
+        [r.dataset.code, r.querySelector('.registered').textContent, r.querySelector('.active').textContent]);""")
+    return {code: (int(reg.replace(",", "")), int(act.replace(",", ""))) for code, reg, act in rows}
+
+
+def test_live_page_updates_without_reload_and_matches_the_api(kafka, registry, tmp_path, browser):
+    settings = Settings(kafka_bootstrap_servers=kafka.bootstrap, schema_registry_url=registry.url,
+                        topic_prefix=unique() + ".", topic_partitions=2, state_dir=tmp_path / "state",
+                        app_id=unique("app-"), target_scale=SCALE)
+    events = list(Scenario.load(scale=SCALE).events(4))
+    publish(settings, events[:200])
+    worker = Worker(settings, tmp_path / "worker.log").start()
+    try:
+        browser.get(worker.url("/"))
+        worker.wait(lambda: sum(r for r, _ in page_figures(browser).values()) > 0, 60, "the page to show figures")
+        first = page_figures(browser)
+        # the simulator goes on publishing while the page stays open (no reload from here on)
+        feeder = threading.Thread(target=lambda: [publish(settings, events[i:i + 500]) or time.sleep(0.3)
+                                                  for i in range(200, len(events), 500)])
+        feeder.start()
+        worker.wait(lambda: page_figures(browser) != first, 60, "the figures on the page to change")
+        feeder.join()
+        worker.wait(lambda: sum(worker.events_accounted().values()) >= len(events), 120, "every record processed")
+        api = lambda: {r["code"]: (r["registered"], r["active"]) for r in
+                       requests.get(worker.url("/regions/"), timeout=5).json()}
+        worker.wait(lambda: page_figures(browser) == api(), 30, "the page to equal GET /regions")
+        assert sum(r for r, _ in api().values()) > sum(r for r, _ in first.values())
+        assert "Mahakam Ulu" in browser.page_source and "Coverage over time" in browser.page_source
+        browser.save_screenshot(str(tmp_path / "page.png"))
+        assert (tmp_path / "page.png").stat().st_size > 10_000
+    finally:
+        worker.stop()
