@@ -142,7 +142,10 @@ def evaluate_day(stats: dict, region: Region, day: int, rules: StallRules, grace
     pace = _window(days, day, rules.pace_window_days, 0) / rules.pace_window_days
     days_left = programme_end_day - day
     needed = remaining / days_left if days_left > 0 else None
-    stats["forecast_fill_day"] = day + round(remaining / pace) if remaining and pace else (day if not remaining else None)
+    if not remaining:
+        stats["forecast_fill_day"] = day  # full
+    else:
+        stats["forecast_fill_day"] = day + round(remaining / pace) if pace else None  # None: never at this pace
     peak = max(n for _, n in series)
     drop = 1 - active / peak if peak else 0.0
     contribs = _window(days, day, rules.no_contribution_days, 1)

@@ -103,6 +103,11 @@ region_alert = Table(
 
 FACT_TABLES = {"Registration": fact_registration, "Contribution": fact_contribution, "Claim": fact_claim}
 
+# How each table is upserted (sinks.warehouse.db.upsert): facts never change; a snapshot is replaced; an alert
+# takes its newest transition, even when an older one is delivered again.
+UPSERT = {**{t: {"update": False} for t in FACT_TABLES.values()}, region_snapshot: {"update": True},
+          region_alert: {"update": True, "newer": "updated_at"}}
+
 PROGRAM_NAMES = {
     "JKK": "Jaminan Kecelakaan Kerja (work accident)",
     "JKM": "Jaminan Kematian (death)",

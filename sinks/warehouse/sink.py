@@ -22,7 +22,7 @@ from sqlalchemy import Table
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from sinks.warehouse import db, rows
-from sinks.warehouse.models import FACT_TABLES, region_alert, region_snapshot
+from sinks.warehouse.models import FACT_TABLES, UPSERT, region_alert, region_snapshot
 from streams import validation
 from streams.config import Settings
 from streams.metrics import SINK_RECORDS, SINK_RETRIES, SINK_WRITE
@@ -97,13 +97,13 @@ class WarehouseSink:
             SINK_RECORDS.labels(message.topic, "written").inc()
         return out
 
-    async def _write(self, batch: dict[Table, list[dict]], *, update: bool = False) -> None:
+    async def _write(self, batch: dict[Table, list[dict]]) -> None:
         """One transaction for the whole batch; retried (same rows) until the database takes it."""
         delay = 0.5
         while True:
             try:
                 with SINK_WRITE.time():
-                    await asyncio.to_thread(self._write_sync, batch, update)
+                    await asyncio.to_thread(self._write_sync, batch)
                 return
             except (OperationalError, InterfaceError) as exc:
                 SINK_RETRIES.inc()
@@ -112,13 +112,10 @@ class WarehouseSink:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.settings.sink_max_backoff_seconds)
 
-    def _write_sync(self, batch: dict[Table, list[dict]], update: bool) -> None:
+    def _write_sync(self, batch: dict[Table, list[dict]]) -> None:
         with self.engine.begin() as conn:
             for table, table_rows in batch.items():
-                if table is region_alert:  # an alert's newest transition wins, even if an older one is re-sent
-                    db.upsert(conn, table, table_rows, update=True, newer="updated_at")
-                else:
-                    db.upsert(conn, table, table_rows, update=update)
+                db.upsert(conn, table, table_rows, **UPSERT[table])
 
     @staticmethod
     async def _commit(consumer: AIOKafkaConsumer, batch: list) -> None:
@@ -143,5 +140,5 @@ class WarehouseSink:
             snapshot = [row for row in (rows.snapshot_row(v, taken_at) for v in self.read_model.views()) if row]
             figures = [{k: v for k, v in row.items() if k != "taken_at"} for row in snapshot]
             if snapshot and figures != last:
-                await self._write({region_snapshot: snapshot}, update=True)
+                await self._write({region_snapshot: snapshot})
                 last = figures
