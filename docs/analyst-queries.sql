@@ -1,4 +1,4 @@
--- Ready-made analyst queries for the warehouse (docs/warehouse.md). Each runs unchanged on SQLite and PostgreSQL
+-- Ready-made analyst queries for the warehouse (tables: CONTRACT.md; semantics: docs/domain.md "Warehouse"). Each runs unchanged on SQLite and PostgreSQL
 -- (tests/test_warehouse.py runs every block on both). Blocks start with `-- name: <name>`.
 
 -- name: coverage_trend_per_region

@@ -54,7 +54,9 @@ def period_str(index: int) -> str:
 
 # -- participant state --------------------------------------------------------------------------------
 def new_participant() -> dict:
-    return {"reg": False, "r": None, "c": None, "f": None, "pt": None, "seen": []}
+    # reg: registered · r: region · c: cohort · f: funding source · s: segment · p: programmes ·
+    # pt: paid-through period index · seen: recent event-id hashes. Active/lapsed follows from pt and the clock.
+    return {"reg": False, "r": None, "c": None, "f": None, "s": None, "p": [], "pt": None, "seen": []}
 
 
 def apply_event(state: dict | None, kind: str, event: dict) -> tuple[dict, list[dict], bool]:
@@ -75,7 +77,8 @@ def apply_event(state: dict | None, kind: str, event: dict) -> tuple[dict, list[
         if not state["reg"]:
             # paid-through starts the month before registration: the grace period runs from registration
             start = period_of_ms(at) - 1
-            state.update(reg=True, r=region, c=event["cohort"], f=event["funding_source"],
+            state.update(reg=True, r=region, c=event["cohort"], f=event["funding_source"], s=event["segment"],
+                         p=list(event["programs"]),
                          pt=max(state["pt"], start) if state["pt"] is not None else start)
             deltas.append({"k": "reg", "region": region, "cohort": state["c"], "funding": state["f"],
                            "pt": state["pt"], "at": at})

@@ -18,20 +18,22 @@ def register(topo) -> None:
         """The live page for people: a table of the 10 regions, a coverage chart and bars (no CDN, works offline)."""
         return web.html(page)
 
-    @app.page("/regions/")
     async def all_regions(web, request):
         return web.json(topo.read_model.views())
 
-    @app.page("/regions/{code}/")
     async def one_region(web, request, code: str):
         for view in topo.read_model.views():
             if view["code"] == code:
                 return web.json(view)
         return web.json({"error": f"unknown region {code[:10]!r}"}, status=404)
 
-    @app.page("/healthz/")
     async def healthz(web, request):
         return web.json({"status": "ok", "app": app.conf.id})
+
+    # CONTRACT.md names the paths without a trailing slash; both forms answer
+    for path, handler in (("/regions", all_regions), ("/regions/{code}", one_region), ("/healthz", healthz)):
+        app.page(path)(handler)
+        app.page(path + "/")(handler)
 
     @app.task
     async def follow_region_changelog():

@@ -64,6 +64,9 @@ def test_live_page_updates_without_reload_and_matches_the_api(kafka, registry, t
         worker.wait(lambda: page_figures(browser) == api(), 30, "the page to equal GET /regions")
         assert sum(r for r, _ in api().values()) > sum(r for r, _ in first.values())
         assert "Mahakam Ulu" in browser.page_source and "Coverage over time" in browser.page_source
+        samarinda = browser.execute_script(
+            "return document.querySelector('tr[data-code=\"64.72\"] td.quota').innerText")
+        assert "province:" in samarinda and "regency/city:" in samarinda  # quota per funding source
         browser.save_screenshot(str(tmp_path / "page.png"))
         assert (tmp_path / "page.png").stat().st_size > 10_000
     finally:

@@ -39,8 +39,10 @@ def total_records(bootstrap: str, topic: str) -> int:
 def test_help_and_regions_table():
     out = cli("--help")
     assert out.returncode == 0
-    for command in ("run", "broker", "simulate", "regions", "fetch", "topics"):
+    for command in ("run", "broker", "worker", "sink", "migrate", "simulate", "regions", "fetch", "topics"):
         assert command in out.stdout
+        sub = cli(command, "--help")
+        assert sub.returncode == 0 and "Usage" in sub.stdout, command
     table = cli("regions")
     assert table.returncode == 0
     assert "Mahakam Ulu" in table.stdout and "100,000" in table.stdout and "19,000" in table.stdout
@@ -144,3 +146,16 @@ def test_run_brings_up_the_stack_and_kcat_sees_framed_avro(tmp_path):
     assert "stopped the local stack" in log.read_text()
     assert not port_in_use(port) and not port_in_use(registry_port)
     assert not any(port_in_use(p) for p in (web, metrics, sink_metrics)), "worker and sink stopped too"
+
+
+def test_run_refuses_a_port_in_use_before_starting_anything(tmp_path):
+    import socket
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        env = {**os.environ, "WEB_PORT": str(port), "STATE_DIR": str(tmp_path / "state")}
+        done = subprocess.run([*JAMSOSTEK, "run"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert f"port {port}" in done.stderr and "in use" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "state" / "kafka").exists()  # nothing was started

@@ -18,7 +18,7 @@ def ms(year: int, month: int, day: int = 15) -> int:
 
 def reg(at: int, cohort="VULNERABLE_WORKER", funding="APBD_PROVINCE") -> dict:
     return {"event_id": str(uuid.uuid4()), "occurred_at": at, "region_code": "64.72", "cohort": cohort,
-            "funding_source": funding, "segment": "BPU"}
+            "funding_source": funding, "segment": "BPU", "programs": ["JKK", "JKM"]}
 
 
 def contrib(period: str, at: int, amount=16_800) -> dict:
