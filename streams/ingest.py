@@ -28,7 +28,7 @@ async def tick(topo, source: str, at: int) -> None:
     (one producer keeps per-partition order): "everything from ``source`` before ``at`` is on its way"."""
     for partition in range(topo.settings.topic_partitions):
         await topo.participant_events.send(key=None, value={"kind": "Tick", "src": source, "at": at},
-                                           partition=partition)
+                                           partition=partition, force=True)
 
 
 def register(topo) -> None:
@@ -58,7 +58,7 @@ def _agent(topo, source, topic_name: str, record_name: str, lateness_ms: int) ->
             # covered is a replay (rebalance, restart before commit): not late, the event-id dedup decides.
             mark = f"{topic_name}:{message.partition}"
             watermark, covered = topo.watermarks.get(mark) or (0, -1)
-            at = record["occurred_at"]
+            at, new_day = record["occurred_at"], False
             if message.offset > covered:
                 if at < watermark - lateness_ms:
                     topo.watermarks[mark] = [watermark, message.offset]
@@ -66,9 +66,12 @@ def _agent(topo, source, topic_name: str, record_name: str, lateness_ms: int) ->
                                       f"event time {(watermark - at) / DAY_MS:.1f} days behind this partition's clock")
                     continue
                 topo.watermarks[mark] = [max(watermark, at), message.offset]
-                if at // DAY_MS > watermark // DAY_MS:  # this partition's clock entered a new day
-                    await tick(topo, mark, at)
+                new_day = at // DAY_MS > watermark // DAY_MS  # this partition's clock entered a new day
             pkey = participant_key(record.pop("nik"), topo.pseudonym_key)
             record.update(kind=record_name, topic=topic_name)
-            await topo.participant_events.send(key=pkey, value=record)
+            # force: sent now, in processing order (Faust would otherwise defer it to the offset commit, in no
+            # particular order among one record's sends, and a tick could overtake the record it follows)
+            await topo.participant_events.send(key=pkey, value=record, force=True)
+            if new_day:
+                await tick(topo, mark, at)
             EVENT_LAG.observe(max(time.time() - at / 1000, 0))

@@ -1,4 +1,9 @@
-"""Stage 2: the participant table (keyed by pseudonym): dedup by event id, registration, paid-through period."""
+"""Stage 2: the participant table (keyed by pseudonym): dedup by event id, registration, paid-through period.
+
+Region deltas are sent with ``force=True``: Faust otherwise "attaches" a send to the event being processed and
+publishes it only when that event's offset is committed. A rebalance between the table write (changelog,
+flushed on revoke) and that commit dropped the attached deltas, and the re-read event was then a duplicate:
+an update lost (seen with two workers)."""
 from __future__ import annotations
 
 import time
@@ -30,7 +35,8 @@ async def forward_tick(topo, event) -> None:
     if low // rules.DAY_MS > sent // rules.DAY_MS:
         for i, code in enumerate(reference_regions()):
             await topo.region_deltas.send(key=code, value={"k": "tick", "at": low,
-                                                           "src": [partition, event.message.offset, i]})
+                                                           "src": [partition, event.message.offset, i]},
+                                          force=True)
         sent = low
     topo.clocks[str(partition)] = {"src": sources, "sent": sent, "since": since}
 
@@ -54,7 +60,9 @@ def register(topo) -> None:
             EVENTS.labels(value["topic"], "duplicate" if duplicate else "processed").inc()
             if duplicate:
                 continue
-            topo.participants[key] = state
             for i, delta in enumerate(deltas):
                 delta["src"] = [event.message.partition, event.message.offset, i]
-                await topo.region_deltas.send(key=delta["region"], value=delta)
+                await topo.region_deltas.send(key=delta["region"], value=delta, force=True)
+            # the state after the deltas: should the worker die in between, the event is not a duplicate when
+            # re-read, its deltas go out again with the same src and the region stage applies them once
+            topo.participants[key] = state

@@ -29,8 +29,8 @@ def register(topo) -> None:
             if delta["k"] == "tick" and len(stats["wm"]) >= partitions:  # every source partition has a clock
                 transitions = stall.advance(stats, ref.regions[code], min(stats["wm"].values()), settings.stall,
                                             settings.grace_months, settings.target_scale, end_day)
-            topo.regions[code] = stats
-            for alert in transitions:
+            for alert in transitions:  # before the state that records them (see participants.py)
                 await alerts.publish(topo, alert)
+            topo.regions[code] = stats
             if delta["k"] == "claim" and delta["status"] == "PAID":
                 CLAIMS_PAID.labels(code, delta["program"]).inc(delta["amount"])

@@ -206,12 +206,16 @@ def test_two_workers_split_the_work_and_both_answer_for_every_region(kafka, regi
                         app_id=unique("app-"), target_scale=SCALE)
     events = list(Scenario.load(scale=SCALE, duplicate_share=0.01).events(4))
     ensure_topics(settings)
-    a = Worker(settings, tmp_path / "a.log")
-    b = Worker(settings, tmp_path / "b.log", STATE_DIR=str(tmp_path / "b"))
+    # the default idleness (30 s, not the harness's 10 s): the join's pause must not make sources look idle
+    a = Worker(settings, tmp_path / "a.log", CLOCK_IDLE_SECONDS="30")
+    b = Worker(settings, tmp_path / "b.log", STATE_DIR=str(tmp_path / "b"), CLOCK_IDLE_SECONDS="30")
+    half = len(events) // 2
     try:
         a.start()
-        b.start()
-        publish(settings, events)
+        publish(settings, events[:half])
+        a.wait(lambda: sum(a.events_accounted().values()) > half // 4, 60, "the first worker under way")
+        b.start()  # joins mid-stream: partitions are revoked from a while it is processing
+        publish(settings, events[half:])
         accounted = lambda: sum(a.events_accounted().values()) + sum(b.events_accounted().values())
         # at-least-once: records in flight during the join's rebalance may be consumed twice (counted twice);
         # the tables below must still be exact (event-id dedup, replay guard on region deltas)

@@ -19,7 +19,7 @@ log = logging.getLogger("jamsostek.alerts")
 
 async def publish(topo, alert: dict) -> None:
     value = topo.serde.encode(topo.region_alerts.get_topic_name(), "RegionAlert", alert)
-    await topo.region_alerts.send(key=alert["region_code"].encode(), value=value)
+    await topo.region_alerts.send(key=alert["region_code"].encode(), value=value, force=True)  # not deferred
     ALERTS.labels(alert["kind"], alert["status"]).inc()
     log.warning("ALERT %s %s [%s] %s (id %s)", alert["status"], alert["kind"], alert["severity"], alert["summary"],
                 alert["alert_id"])
