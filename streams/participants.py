@@ -9,8 +9,8 @@ from __future__ import annotations
 import time
 
 from streams import rules
-from streams.reference import regions as reference_regions
 from streams.metrics import EVENTS
+from streams.reference import regions as reference_regions
 
 
 STARTED = time.time()  # sources restored from the changelog count as moving for a while after a (re)start

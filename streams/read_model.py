@@ -29,9 +29,6 @@ class RegionReadModel:
         self.stats: dict[str, dict] = {}
         self.ready = asyncio.Event()
 
-    def get(self, code: str) -> dict | None:
-        return self.stats.get(code)
-
     def views(self) -> list[dict]:
         """All regions at one stream clock: the low watermark, i.e. the slowest region's (every event before it is
         in every region's figures). Silence still ages: the watermark moves with the other regions' events.

@@ -65,10 +65,6 @@ def month_day(period: str) -> int:
     return int(datetime(year, month, 1, tzinfo=timezone.utc).timestamp()) // 86_400
 
 
-def alert_id(self) -> str:
-        return f"{self.region}:{self.kind.lower()}:{iso_day(self.started_day)}" if hasattr(self, "region") else ""
-
-
 def alert_id(region_code: str, kind: str, started_day: int) -> str:
     """Stable id: the same region, rule and start day always give the same id (replays, re-sends)."""
     return f"{region_code}:{kind.lower()}:{iso_day(started_day)}"
@@ -94,7 +90,7 @@ def _window(days: dict, day: int, length: int, column: int) -> int:
     return sum(days.get(str(d), (0, 0))[column] for d in range(day - length, day))
 
 
-def _as_of(stats: dict, day: int) -> tuple[dict, int]:
+def _as_of(stats: dict, day: int) -> tuple[dict, dict]:
     """Per programme cohort: the paid-through histogram and the registered count as they were at 00:00 of ``day``
     (undoing deltas that happened later but were already applied)."""
     hist = {c: dict(h) for c, h in stats["hist"].items()}
