@@ -233,7 +233,8 @@ def run(
                            (s.sink_metrics_port, "the sink's metrics")):
             process.require_free(port, what)
         with local_stack(s, console) as live:
-            live = live.model_copy(update={"target_scale": scenario.scale})  # targets scaled like the simulation
+            # targets scaled like the simulation; its clock runs ahead of real time once live: no future bound
+            live = live.model_copy(update={"target_scale": scenario.scale, "max_future_days": 365_000})
             ensure_topics(live)
             for command in ("worker", "sink"):
                 log = live.state_dir / f"{command}.log"

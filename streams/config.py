@@ -35,6 +35,15 @@ class Settings(BaseSettings):
     schema_registry_url: str = "http://127.0.0.1:8081/apis/ccompat/v7"
     topic_prefix: str = Field("", description="put in front of every topic name, e.g. 'staging.'")
     topic_partitions: int = Field(4, ge=1)
+    # a member that stops heart-beating (kill -9, a lost node) leaves the group after this: its partitions move on
+    # then (Kafka's default 45 s, Faust's 60 s would stall a restarted worker's rejoin for that long)
+    kafka_session_timeout_seconds: float = Field(10, ge=6, le=300)
+    # broker authentication/encryption, for every client of the project (worker, sink, read model, admin, simulator)
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"] = "SCRAM-SHA-512"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = Field(None, description="CA bundle to verify the broker (SSL, SASL_SSL)")
 
     # --- local stack (launcher) --------------------------------------------------------------------
     cache_dir: Path = Field(default_factory=default_cache_dir, description="Maven jars and Apicurio live here")
@@ -51,6 +60,10 @@ class Settings(BaseSettings):
     pseudonym_key: SecretStr | None = Field(None, description="HMAC key for NIK pseudonyms; required in production")
     mode: Literal["dev", "production"] = "dev"
 
+    # --- stream batching: per-message costs in Faust/aiokafka dominate, so stages exchange batches ------------------
+    batch_size: int = Field(1000, ge=1, description="input records handled (and published on) together at most")
+    batch_seconds: float = Field(0.05, gt=0, description="wait at most this long to fill an input batch")
+
     # --- warehouse sink (cf. Kafka Connect JDBC: batch.size, linger, upsert keyed on the record's id) ---------------
     sink_batch_size: int = Field(2000, ge=1, description="rows per database transaction at most")
     sink_linger_seconds: float = Field(1.0, gt=0, description="wait at most this long to fill a batch")
@@ -66,6 +79,13 @@ class Settings(BaseSettings):
     metrics_port: int = 9108
     grace_months: int = Field(3, ge=0, description="complete unpaid months before a participant counts as lapsed")
     allowed_lateness_days: float = Field(45, ge=0, description="older than the stream clock by more: dead-letter 'late'")
+    max_future_days: float = Field(1, ge=0, description="event time ahead of the wall clock by more: dead-letter "
+                                   "'invalid_timestamp' (the demo's simulator runs ahead of real time: raised there)")
+
+    def latest_event_ms(self) -> int:
+        """The latest acceptable event time now (worker and sink agree on what is invalid)."""
+        import time
+        return int((time.time() + self.max_future_days * 86_400) * 1000)
     target_scale: float = Field(1.0, gt=0, description="multiply targets/quotas (a scaled-down simulation uses <1)")
     clock_idle_seconds: float = Field(30, ge=0, description="a source partition whose clock has not moved for this "
                                                            "long (wall time) is idle: the stream clock does not wait for it")
@@ -83,12 +103,54 @@ class Settings(BaseSettings):
     def as_env(self) -> dict[str, str]:
         """These settings as environment variables: what a child process (worker, sink) needs to see the same."""
         env = {}
-        for name, value in self.model_dump(mode="json", exclude={"pseudonym_key"}).items():
+        for name, value in self.model_dump(mode="json", exclude={"pseudonym_key", "kafka_sasl_password"}).items():
             if value is not None:
                 env[name.upper()] = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
-        if self.pseudonym_key is not None:
-            env["PSEUDONYM_KEY"] = self.pseudonym_key.get_secret_value()
+        for name in ("pseudonym_key", "kafka_sasl_password"):
+            if getattr(self, name) is not None:
+                env[name.upper()] = getattr(self, name).get_secret_value()
         return env
+
+    # -- Kafka clients: one place that knows the security settings ------------------------------------------------
+    @property
+    def _sasl(self) -> bool:
+        return self.kafka_security_protocol.startswith("SASL")
+
+    def librdkafka_conf(self) -> dict[str, str]:
+        """confluent-kafka (librdkafka) client settings."""
+        conf = {"bootstrap.servers": self.kafka_bootstrap_servers, "security.protocol": self.kafka_security_protocol}
+        if self._sasl:
+            conf.update({"sasl.mechanism": self.kafka_sasl_mechanism, "sasl.username": self.kafka_sasl_username or "",
+                         "sasl.password": self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password
+                         else ""})
+        if self.kafka_ssl_cafile:
+            conf["ssl.ca.location"] = str(self.kafka_ssl_cafile)
+        return conf
+
+    def aiokafka_conf(self) -> dict:
+        """aiokafka client keyword arguments."""
+        conf: dict = {"bootstrap_servers": self.kafka_bootstrap_servers,
+                      "security_protocol": self.kafka_security_protocol}
+        if self._sasl:
+            conf.update(sasl_mechanism=self.kafka_sasl_mechanism, sasl_plain_username=self.kafka_sasl_username,
+                        sasl_plain_password=self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password
+                        else None)
+        if self.kafka_security_protocol.endswith("SSL"):
+            from aiokafka.helpers import create_ssl_context
+            conf["ssl_context"] = create_ssl_context(cafile=str(self.kafka_ssl_cafile) if self.kafka_ssl_cafile
+                                                     else None)
+        return conf
+
+    def faust_credentials(self):
+        """Faust's ``broker_credentials`` (None: plaintext)."""
+        import faust
+        ssl_context = self.aiokafka_conf().get("ssl_context")
+        if self._sasl:
+            return faust.SASLCredentials(username=self.kafka_sasl_username,
+                                         password=self.kafka_sasl_password.get_secret_value()
+                                         if self.kafka_sasl_password else None,
+                                         mechanism=self.kafka_sasl_mechanism, ssl_context=ssl_context)
+        return faust.SSLCredentials(ssl_context) if ssl_context else None
 
     def pseudonym_key_bytes(self) -> bytes:
         """The HMAC key for NIK pseudonyms. Production refuses to run on the development key."""

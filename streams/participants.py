@@ -1,68 +1,92 @@
 """Stage 2: the participant table (keyed by pseudonym): dedup by event id, registration, paid-through period.
 
-Region deltas are sent with ``force=True``: Faust otherwise "attaches" a send to the event being processed and
-publishes it only when that event's offset is committed. A rebalance between the table write (changelog,
-flushed on revoke) and that commit dropped the attached deltas, and the re-read event was then a duplicate:
-an update lost (seen with two workers)."""
+Each participant-events message is a batch (streams/ingest.py). Its region deltas go out as one message per
+region, with ``force=True``: Faust otherwise "attaches" a send to the event being processed and publishes it only
+when that event's offset is committed; a rebalance between the table write (changelog, flushed on revoke) and
+that commit dropped the attached deltas, and the re-read event was then a duplicate: an update lost (seen with
+two workers). Every delta carries ``src`` = [partition, offset, index] of what produced it, so the region stage
+applies a re-sent delta once."""
 from __future__ import annotations
 
+import collections
 import time
 
 from streams import rules
 from streams.metrics import EVENTS
 from streams.reference import regions as reference_regions
+from streams.topics import send_batch
 
 
 STARTED = time.time()  # sources restored from the changelog count as moving for a while after a (re)start
 
 
-async def forward_tick(topo, event) -> None:
-    """Fold a source partition's watermark into this partition's low watermark; when that enters a new day,
-    pass it on to every region (behind the deltas this partition sent before).
+def fold_tick(topo, partition: int, clock: dict | None, tick: dict) -> tuple[dict, int | None]:
+    """Fold a source partition's watermark into this partition's clock. Returns (clock, the new low watermark
+    when it enters a new day, else None): that is passed on to every region, behind this partition's deltas.
 
     Every input partition counts as a source from the start, so the clock does not run ahead on the partitions
     that happen to be read first; one that never ticks (empty) or stops ticking is idle after
     ``clock_idle_seconds``. A tick without a source is the periodic re-check that notices idleness."""
-    partition, value, now = event.message.partition, event.value, time.time()
-    clock = topo.clocks.get(str(partition)) or {"src": {}, "sent": 0, "since": now}
+    now = time.time()
+    clock = clock or {"src": {}, "sent": 0, "since": now}
     sources = {src: (mark, max(seen, STARTED)) for src, (mark, seen) in clock["src"].items()}
-    if value["src"] is not None and value["at"] > sources.get(value["src"], (0, 0))[0]:
-        sources[value["src"]] = (value["at"], now)
+    if tick["src"] is not None and tick["at"] > sources.get(tick["src"], (0, 0))[0]:
+        sources[tick["src"]] = (tick["at"], now)
     since = max(clock["since"], STARTED)
     not_yet = [(0, since) for src in topo.input_partitions if src not in sources]
     low = rules.low_watermark([*sources.values(), *not_yet], now, topo.settings.clock_idle_seconds)
-    sent = clock["sent"]
+    sent, forward = clock["sent"], None
     if low // rules.DAY_MS > sent // rules.DAY_MS:
-        for i, code in enumerate(reference_regions()):
-            await topo.region_deltas.send(key=code, value={"k": "tick", "at": low,
-                                                           "src": [partition, event.message.offset, i]},
-                                          force=True)
-        sent = low
-    topo.clocks[str(partition)] = {"src": sources, "sent": sent, "since": since}
+        sent = forward = low
+    return {"src": sources, "sent": sent, "since": since}, forward
 
 
 def register(topo) -> None:
+    codes = reference_regions()
+
     @topo.app.timer(max(topo.settings.clock_idle_seconds / 3, 1.0))
     async def recheck_idle_sources():
         """Idleness is a matter of wall time: re-check each partition's clock even when no tick arrives."""
         for partition in range(topo.settings.topic_partitions):
-            await topo.participant_events.send(key=None, value={"kind": "Tick", "src": None, "at": 0},
+            await topo.participant_events.send(key=None, value={"events": [{"kind": "Tick", "src": None, "at": 0}]},
                                                partition=partition)
 
     @topo.app.agent(topo.participant_events, name="participants")
     async def participants(stream):
         async for event in stream.events():
-            value, key = event.value, event.key
-            if value["kind"] == "Tick":
-                await forward_tick(topo, event)
-                continue
-            state, deltas, duplicate = rules.apply_event(topo.participants.get(key), value["kind"], value)
-            EVENTS.labels(value["topic"], "duplicate" if duplicate else "processed").inc()
-            if duplicate:
-                continue
-            for i, delta in enumerate(deltas):
-                delta["src"] = [event.message.partition, event.message.offset, i]
-                await topo.region_deltas.send(key=delta["region"], value=delta, force=True)
-            # the state after the deltas: should the worker die in between, the event is not a duplicate when
-            # re-read, its deltas go out again with the same src and the region stage applies them once
-            topo.participants[key] = state
+            partition, offset = event.message.partition, event.message.offset
+            states: dict[str, dict] = {}
+            deltas: dict[str, list] = collections.defaultdict(list)
+            outcomes: collections.Counter = collections.Counter()
+            clock = changed_clock = None
+            index = 0
+            for value in event.value["events"]:
+                if value["kind"] == "Tick":
+                    clock, forward = fold_tick(topo, partition, clock or topo.clocks.get(str(partition)), value)
+                    changed_clock = clock
+                    if forward is not None:
+                        for code in codes:
+                            deltas[code].append({"k": "tick", "at": forward, "src": [partition, offset, index]})
+                            index += 1
+                    continue
+                key = value["key"]
+                state = states[key] if key in states else topo.participants.get(key)
+                state, new, duplicate = rules.apply_event(state, value["kind"], value)
+                outcomes[value["topic"], "duplicate" if duplicate else "processed"] += 1
+                if duplicate:
+                    continue
+                for delta in new:
+                    delta["src"] = [partition, offset, index]
+                    index += 1
+                    deltas[delta["region"]].append(delta)
+                states[key] = state
+            for code, batch in deltas.items():
+                await send_batch(topo.region_deltas, "deltas", batch, key=code)
+            # the states after the deltas: should the worker die in between, the events are not duplicates when
+            # re-read, their deltas go out again with the same src and the region stage applies them once
+            for key, state in states.items():
+                topo.participants[key] = state
+            if changed_clock is not None:
+                topo.clocks[str(partition)] = changed_clock
+            for (topic, outcome), n in outcomes.items():
+                EVENTS.labels(topic, outcome).inc(n)

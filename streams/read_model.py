@@ -24,7 +24,6 @@ log = logging.getLogger(__name__)
 class RegionReadModel:
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.bootstrap = settings.kafka_bootstrap_servers
         self.topic = settings.regions_changelog
         self.stats: dict[str, dict] = {}
         self.ready = asyncio.Event()
@@ -42,7 +41,7 @@ class RegionReadModel:
                 for code, region in ref.items()]
 
     async def run(self) -> None:
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False, group_id=None,
+        consumer = AIOKafkaConsumer(**self.settings.aiokafka_conf(), enable_auto_commit=False, group_id=None,
                                     auto_offset_reset="earliest")
         await consumer.start()
         try:
@@ -69,7 +68,7 @@ class RegionReadModel:
 
     async def _partitions(self) -> list[int]:
         """The changelog's partitions, once it exists (the worker creates it while starting)."""
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        admin = AIOKafkaAdminClient(**self.settings.aiokafka_conf())
         await admin.start()
         try:
             while True:

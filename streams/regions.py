@@ -1,5 +1,8 @@
 """Stage 3: per-region aggregates in a table partitioned by region (read everywhere through read_model.py), and
-stall detection on the region's low watermark (streams/stall.py), raising alerts through sinks/alerts.py."""
+stall detection on the region's low watermark (streams/stall.py), raising alerts through sinks/alerts.py.
+
+Each message is a batch of one region's deltas from one participant-events message: applied on one copy of the
+region's state, written once."""
 from __future__ import annotations
 
 from sinks import alerts
@@ -17,20 +20,27 @@ def register(topo) -> None:
     @topo.app.agent(topo.region_deltas, name="regions")
     async def region_agent(stream):
         async for event in stream.events():
-            code, delta = event.key, event.value
-            stats = topo.regions.get(code)
-            partition, offset, index = delta["src"]
-            # a replayed delta (participant stage re-run after a crash) is applied once
-            if stats is not None and [offset, index] <= stats["applied"].get(str(partition), [-1, -1]):
-                continue
-            stats = rules.apply_delta(stats, delta, ref.regions[code], settings.target_scale)
-            stats["applied"][str(partition)] = [offset, index]
-            transitions = []
-            if delta["k"] == "tick" and len(stats["wm"]) >= partitions:  # every source partition has a clock
-                transitions = stall.advance(stats, ref.regions[code], min(stats["wm"].values()), settings.stall,
-                                            settings.grace_months, settings.target_scale, end_day)
+            code, region = event.key, ref.regions[event.key]
+            stored = topo.regions.get(code)
+            stats = rules.copy_region(stored)
+            transitions, paid, changed = [], [], False
+            for delta in event.value["deltas"]:
+                partition, offset, index = delta["src"]
+                # a replayed delta (participant stage re-run after a crash) is applied once
+                if [offset, index] <= stats["applied"].get(str(partition), [-1, -1]):
+                    continue
+                rules.apply_delta_in_place(stats, delta, region, settings.target_scale)
+                changed = True
+                stats["applied"][str(partition)] = [offset, index]
+                if delta["k"] == "tick" and len(stats["wm"]) >= partitions:  # every source partition has a clock
+                    transitions += stall.advance(stats, region, min(stats["wm"].values()), settings.stall,
+                                                 settings.grace_months, settings.target_scale, end_day)
+                elif delta["k"] == "claim" and delta["status"] == "PAID":
+                    paid.append(delta)
+            if not changed:
+                continue  # all replayed
             for alert in transitions:  # before the state that records them (see participants.py)
                 await alerts.publish(topo, alert)
             topo.regions[code] = stats
-            if delta["k"] == "claim" and delta["status"] == "PAID":
+            for delta in paid:
                 CLAIMS_PAID.labels(code, delta["program"]).inc(delta["amount"])

@@ -112,39 +112,52 @@ def _inc(d: dict, key: str, by: int = 1) -> None:
         del d[key]
 
 
+def copy_region(stats: dict | None) -> dict:
+    """A copy of a region's state that ``apply_delta_in_place`` may change (it is JSON: nested dicts/lists)."""
+    def copy(v):
+        if isinstance(v, dict):
+            return {k: copy(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [copy(x) for x in v]
+        return v
+    return copy(stats) if stats else new_region()
+
+
 def apply_delta(stats: dict | None, delta: dict, region: Region, target_scale: float) -> dict:
-    """Fold one participant delta into a region's aggregate."""
-    stats = {k: (dict(v) if isinstance(v, dict) else list(v) if isinstance(v, list) else v)
-             for k, v in (stats or new_region()).items()}
+    """Fold one participant delta into (a copy of) a region's aggregate."""
+    stats = copy_region(stats)
+    apply_delta_in_place(stats, delta, region, target_scale)
+    return stats
+
+
+def apply_delta_in_place(stats: dict, delta: dict, region: Region, target_scale: float) -> None:
     kind = delta["k"]
     if kind == "tick":  # the pipeline's low watermark from one source partition (streams/participants.py)
-        stats["wm"][str(delta["src"][0])] = max(stats["wm"].get(str(delta["src"][0]), 0), delta["at"])
-        return stats
+        source = str(delta["src"][0])
+        stats["wm"][source] = max(stats["wm"].get(source, 0), delta["at"])
+        return
     stats["clock"] = max(stats["clock"], delta["at"])
     stall.record(stats, delta)
     if kind == "reg":
         cohort, funding = delta["cohort"], delta["funding"]
         _inc(stats["registered"], cohort)
-        hist = stats["hist"][cohort] = dict(stats["hist"].get(cohort, {}))
-        _inc(hist, str(delta["pt"]))
+        _inc(stats["hist"].setdefault(cohort, {}), str(delta["pt"]))
         stats["last_registration"] = max(stats["last_registration"], delta["at"])
         if cohort == "VULNERABLE_WORKER":
             _inc(stats["quota_used"], funding)
             if stats["quota_used"][funding] > round(region.quota.get(funding, 0) * target_scale):
                 _inc(stats["over_quota"], funding)  # flagged, still counted: never silently dropped
     elif kind == "pt":
-        hist = stats["hist"][delta["cohort"]] = dict(stats["hist"].get(delta["cohort"], {}))
+        hist = stats["hist"].setdefault(delta["cohort"], {})
         if delta["from"] is not None:
             _inc(hist, str(delta["from"]), -1)
         _inc(hist, str(delta["to"]))
     elif kind == "contrib":
         stats["contrib"] = [stats["contrib"][0] + 1, stats["contrib"][1] + delta["amount"]]
     elif kind == "claim":
-        per_program = stats["claims"][delta["program"]] = {
-            s: list(v) for s, v in stats["claims"].get(delta["program"], {}).items()}
+        per_program = stats["claims"].setdefault(delta["program"], {})
         count, amount = per_program.get(delta["status"], [0, 0])
         per_program[delta["status"]] = [count + 1, amount + delta["amount"]]
-    return stats
 
 
 def active_count(hist: dict, clock_period: int, grace_months: int) -> int:

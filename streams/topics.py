@@ -16,7 +16,7 @@ DLQ_CONFIG = {"cleanup.policy": "delete", "retention.ms": str(30 * 86_400_000), 
 
 
 def admin(settings: Settings) -> AdminClient:
-    return AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
+    return AdminClient(settings.librdkafka_conf())
 
 
 CHANGELOG_CONFIG = {"cleanup.policy": "compact"}
@@ -52,3 +52,13 @@ def ensure_topics(settings: Settings, timeout: float = 30, extra: dict[str, dict
             if not (isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS):
                 raise
     return created
+
+
+MAX_BATCH_ITEMS = 1000  # items per internal message at most: far below the broker's 1 MB message limit
+
+
+async def send_batch(topic, field: str, items: list, **kwargs) -> None:
+    """Publish ``items`` on an internal topic as ``{field: [...]}`` messages, in order, now (``force``: not
+    deferred to the offset commit as Faust does by default)."""
+    for i in range(0, len(items), MAX_BATCH_ITEMS):
+        await topic.send(value={field: items[i:i + MAX_BATCH_ITEMS]}, force=True, **kwargs)

@@ -45,7 +45,7 @@ def parse_period(period: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
-def _common(record: dict) -> None:
+def _common(record: dict, latest_ms: int | None) -> None:
     try:
         uuid.UUID(record["event_id"])
     except (ValueError, TypeError, AttributeError):
@@ -56,6 +56,9 @@ def _common(record: dict) -> None:
         raise Invalid("unknown_region", f"region_code {record['region_code'][:16]!r} is not one of the 10 Kaltim codes")
     if record["occurred_at"] < EARLIEST_EVENT_MS:
         raise Invalid("invalid_timestamp", "occurred_at is before 2014-01-01, when BPJS Ketenagakerjaan began")
+    if latest_ms is not None and record["occurred_at"] > latest_ms:
+        # one far-future record would move its partition's clock ahead and make every later record 'late'
+        raise Invalid("invalid_timestamp", "occurred_at is in the future (beyond MAX_FUTURE_DAYS)")
 
 
 def _amount(record: dict) -> None:
@@ -63,8 +66,9 @@ def _amount(record: dict) -> None:
         raise Invalid("negative_amount", "amount_idr must be >= 0")
 
 
-def check(record_name: str, record: dict) -> None:
-    _common(record)
+def check(record_name: str, record: dict, latest_ms: int | None = None) -> None:
+    """``latest_ms``: the latest acceptable event time (wall clock + allowed skew); None: no upper bound."""
+    _common(record, latest_ms)
     if record_name == "Registration":
         programs = record["programs"]
         if not programs or len(set(programs)) != len(programs):

@@ -67,3 +67,13 @@ def niks_in(blob: bytes | str, niks: set[str]) -> set[str]:
     run of digits is found too). Fast enough for whole topics, unlike one substring search per NIK."""
     text = blob.decode("latin-1") if isinstance(blob, bytes) else blob
     return set(re.findall(r"(?=([0-9]{16}))", text)) & niks
+
+
+def committed_offsets(bootstrap: str, group: str, topics=None) -> int:
+    """Sum of the committed offsets of consumer group ``group`` (over ``topics`` if given)."""
+    from confluent_kafka import ConsumerGroupTopicPartitions
+    from confluent_kafka.admin import AdminClient
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    result = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])[group].result()
+    return sum(tp.offset for tp in result.topic_partitions
+               if tp.offset >= 0 and (topics is None or tp.topic in topics))

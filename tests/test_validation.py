@@ -16,9 +16,9 @@ CON = {**BASE, "period": "2025-01", "amount_idr": 16_800, "funding_source": "APB
 CLM = {**BASE, "program": "JKM", "amount_idr": 42_000_000, "status": "PAID"}
 
 
-def reason(name: str, record: dict) -> str | None:
+def reason(name: str, record: dict, latest_ms: int | None = None) -> str | None:
     try:
-        check(name, record)
+        check(name, record, latest_ms)
     except Invalid as exc:
         return exc.reason
     return None
@@ -58,6 +58,14 @@ def test_event_id_timestamp_programs_text():
     assert reason("Registration", {**REG, "programs": ["JKK", "JKM", "JP"]}) == "invalid_programs"  # BPU: no JP
     assert reason("Registration", {**REG, "segment": "PU", "programs": ["JKK", "JKM", "JHT", "JP"]}) is None
     assert reason("Registration", {**REG, "occupation": "x" * 1000}) == "invalid_text"
+
+
+def test_future_event_times_are_invalid_beyond_the_allowed_skew():
+    from streams.config import Settings
+    latest = Settings(max_future_days=1).latest_event_ms()
+    assert reason("Claim", {**CLM, "occurred_at": latest + 1}, latest) == "invalid_timestamp"
+    assert reason("Claim", {**CLM, "occurred_at": latest - 1}, latest) is None
+    assert reason("Claim", {**CLM, "occurred_at": 4_102_444_800_000}, None) is None  # no bound given
 
 
 def test_details_never_echo_the_nik():

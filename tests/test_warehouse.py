@@ -18,7 +18,7 @@ from sinks.warehouse import db
 from streams.config import DEV_PSEUDONYM_KEY, PROJECT_ROOT, Settings
 from streams.simulator import Scenario
 from tests.conftest import unique
-from tests.helpers import niks_in, read_all
+from tests.helpers import committed_offsets, niks_in, read_all
 from tests.test_topology import publish, wait_exact
 from tests.worker import Sink, Worker
 
@@ -59,10 +59,7 @@ def sink_settings(base: Settings, url: str, **changes) -> Settings:
 
 
 def committed_total(settings: Settings) -> int:
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
-    future = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(settings.sink_group_id)])
-    result = future[settings.sink_group_id].result()
-    return sum(tp.offset for tp in result.topic_partitions if tp.offset >= 0)
+    return committed_offsets(settings.kafka_bootstrap_servers, settings.sink_group_id)
 
 
 def wait_facts(sink: Sink, url: str, expected, total_records: int, timeout: float = 120) -> None:

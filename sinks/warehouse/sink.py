@@ -44,7 +44,9 @@ class WarehouseSink:
     # -- the loop -----------------------------------------------------------------------------------------------
     async def run(self) -> None:
         s = self.settings
-        consumer = AIOKafkaConsumer(*self.record_names, bootstrap_servers=s.kafka_bootstrap_servers,
+        consumer = AIOKafkaConsumer(*self.record_names, **s.aiokafka_conf(),
+                                    session_timeout_ms=int(s.kafka_session_timeout_seconds * 1000),
+                                    heartbeat_interval_ms=int(s.kafka_session_timeout_seconds * 200),
                                     group_id=s.sink_group_id, enable_auto_commit=False,
                                     auto_offset_reset="earliest", max_poll_records=s.sink_batch_size)
         await consumer.start()
@@ -79,7 +81,7 @@ class WarehouseSink:
         return batch
 
     async def _rows(self, batch: list) -> dict[Table, list[dict]]:
-        loaded_at = datetime.now(timezone.utc)
+        loaded_at, latest = datetime.now(timezone.utc), self.settings.latest_event_ms()
         out: dict[Table, list[dict]] = defaultdict(list)
         for message in batch:
             record_name = self.record_names[message.topic]
@@ -88,7 +90,7 @@ class WarehouseSink:
                 if record_name == "RegionAlert":
                     out[region_alert].append(rows.alert_row(record))
                     continue
-                validation.check(record_name, record)
+                validation.check(record_name, record, latest)
             except (DecodeError, validation.Invalid):
                 SINK_RECORDS.labels(message.topic, "skipped_invalid").inc()
                 continue

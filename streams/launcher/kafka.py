@@ -30,6 +30,22 @@ Configuration:
 """
 
 
+SCRAM = "SCRAM-SHA-512"
+
+
+def sasl_properties(port: int, sasl_port: int, controller_port: int) -> dict[str, str]:
+    """A second client listener that requires SASL/SCRAM logins (the PLAINTEXT one stays for the node itself)."""
+    return {
+        "listeners": f"PLAINTEXT://127.0.0.1:{port},SASL_PLAINTEXT://127.0.0.1:{sasl_port},"
+                     f"CONTROLLER://127.0.0.1:{controller_port}",
+        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port},SASL_PLAINTEXT://127.0.0.1:{sasl_port}",
+        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT",
+        "sasl.enabled.mechanisms": SCRAM,
+        f"listener.name.sasl_plaintext.{SCRAM.lower()}.sasl.jaas.config":
+            "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+    }
+
+
 def server_properties(data_dir: Path, port: int, controller_port: int, partitions: int, extra: dict[str, str]) -> str:
     props = {
         "process.roles": "broker,controller",
@@ -71,6 +87,8 @@ class KafkaBroker:
     cache_dir: Path
     partitions: int = 4
     extra: dict[str, str] = field(default_factory=dict)
+    scram_users: dict[str, str] = field(default_factory=dict)  # user -> password: adds the SASL listener
+    sasl_port: int = 0
     proc: subprocess.Popen | None = None
     startup_seconds: float = 0.0
 
@@ -79,14 +97,20 @@ class KafkaBroker:
         return f"127.0.0.1:{self.port}"
 
     @property
+    def sasl_bootstrap(self) -> str:
+        return f"127.0.0.1:{self.sasl_port}"
+
+    @property
     def log(self) -> Path:
         return self.workdir / "broker.log"
 
     @classmethod
     def start_new(cls, workdir: Path, *, cache_dir: Path, version: str, port: int = 0, controller_port: int = 0,
-                  partitions: int = 4, extra: dict[str, str] | None = None, timeout: float = 90) -> "KafkaBroker":
+                  partitions: int = 4, extra: dict[str, str] | None = None, timeout: float = 90,
+                  scram_users: dict[str, str] | None = None) -> "KafkaBroker":
         broker = cls(Path(workdir), port or process.free_port(), controller_port or process.free_port(), version,
-                     Path(cache_dir), partitions, dict(extra or {}))
+                     Path(cache_dir), partitions, dict(extra or {}), dict(scram_users or {}),
+                     process.free_port() if scram_users else 0)
         broker.start(timeout)
         return broker
 
@@ -98,7 +122,9 @@ class KafkaBroker:
         data = self.workdir / "data"
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "server.properties"
-        config.write_text(server_properties(data, self.port, self.controller_port, self.partitions, self.extra))
+        extra = {**(sasl_properties(self.port, self.sasl_port, self.controller_port) if self.scram_users else {}),
+                 **self.extra}
+        config.write_text(server_properties(data, self.port, self.controller_port, self.partitions, extra))
         (self.workdir / "log4j2.yaml").write_text(LOG4J2)
         if not (data / "meta.properties").exists():
             self._format(java, classpath, config)
@@ -119,7 +145,9 @@ class KafkaBroker:
             return proc.stdout.strip()
 
         cluster_id = tool("random-uuid").splitlines()[-1]
-        tool("format", "--standalone", "-t", cluster_id, "-c", str(config))
+        scram = [arg for user, password in self.scram_users.items()
+                 for arg in ("--add-scram", f"{SCRAM}=[name={user},password={password}]")]
+        tool("format", "--standalone", "-t", cluster_id, "-c", str(config), *scram)
 
     def answers_metadata(self) -> bool:
         """True once the node listens and returns cluster metadata with itself as a broker."""

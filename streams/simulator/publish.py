@@ -47,7 +47,7 @@ class Publisher:
         self.serde = serde or AvroSerde(settings.schema_registry_url)
         self.topic_for = {name: topic for topic, name in settings.topics.inputs.items()}
         self.producer = Producer({
-            "bootstrap.servers": settings.kafka_bootstrap_servers,
+            **settings.librdkafka_conf(),
             "enable.idempotence": True,  # no duplicates from producer retries: duplicates we send are on purpose
             "linger.ms": 20,
             "compression.type": "lz4",
