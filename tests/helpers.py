@@ -77,3 +77,4 @@ def committed_offsets(bootstrap: str, group: str, topics=None) -> int:
     result = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])[group].result()
     return sum(tp.offset for tp in result.topic_partitions
                if tp.offset >= 0 and (topics is None or tp.topic in topics))
+

@@ -18,7 +18,7 @@ from tests.test_topology import assert_regions_soon, publish
 from tests.test_warehouse import expected_facts, sink_settings, warehouse_facts
 from tests.worker import Sink, Worker
 
-CRASH_EVENTS = int(os.environ.get("CRASH_EVENTS", "200000"))  # the size; smaller for a quick local run
+CRASH_EVENTS = int(os.environ.get("CRASH_EVENTS", "40000"))  # CRASH_EVENTS=200000: the size
 KILLS = 5
 
 
@@ -64,7 +64,8 @@ def test_kill_9_worker_and_sink_five_times_each_loses_and_doubles_nothing(kafka,
         assert kills == {"worker": KILLS, "sink": KILLS}, f"kill points not reached in time: {points}"
         for name, proc in procs.items():
             proc.wait(lambda: progress(settings, groups[name], inputs) >= total, 600, f"{name} committed to the end")
-        assert_regions_soon(procs["worker"], expected_regions(events, scale=scale), 120)
+        # the inputs are read; the internal topics (participant events, region deltas) may still have a backlog
+        assert_regions_soon(procs["worker"], expected_regions(events, scale=scale), 600)
         assert warehouse_facts(settings.warehouse_url) == expected_facts(events)
     finally:
         for proc in procs.values():
