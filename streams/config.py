@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -81,11 +82,6 @@ class Settings(BaseSettings):
     allowed_lateness_days: float = Field(45, ge=0, description="older than the stream clock by more: dead-letter 'late'")
     max_future_days: float = Field(1, ge=0, description="event time ahead of the wall clock by more: dead-letter "
                                    "'invalid_timestamp' (the demo's simulator runs ahead of real time: raised there)")
-
-    def latest_event_ms(self) -> int:
-        """The latest acceptable event time now (worker and sink agree on what is invalid)."""
-        import time
-        return int((time.time() + self.max_future_days * 86_400) * 1000)
     target_scale: float = Field(1.0, gt=0, description="multiply targets/quotas (a scaled-down simulation uses <1)")
     clock_idle_seconds: float = Field(30, ge=0, description="a source partition whose clock has not moved for this "
                                                            "long (wall time) is idle: the stream clock does not wait for it")
@@ -116,13 +112,23 @@ class Settings(BaseSettings):
     def _sasl(self) -> bool:
         return self.kafka_security_protocol.startswith("SASL")
 
+    @property
+    def _sasl_password(self) -> str | None:
+        return self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else None
+
+    def _ssl_context(self):
+        """An SSL context for aiokafka/Faust (None without SSL)."""
+        if not self.kafka_security_protocol.endswith("SSL"):
+            return None
+        from aiokafka.helpers import create_ssl_context
+        return create_ssl_context(cafile=str(self.kafka_ssl_cafile) if self.kafka_ssl_cafile else None)
+
     def librdkafka_conf(self) -> dict[str, str]:
         """confluent-kafka (librdkafka) client settings."""
         conf = {"bootstrap.servers": self.kafka_bootstrap_servers, "security.protocol": self.kafka_security_protocol}
         if self._sasl:
             conf.update({"sasl.mechanism": self.kafka_sasl_mechanism, "sasl.username": self.kafka_sasl_username or "",
-                         "sasl.password": self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password
-                         else ""})
+                         "sasl.password": self._sasl_password or ""})
         if self.kafka_ssl_cafile:
             conf["ssl.ca.location"] = str(self.kafka_ssl_cafile)
         return conf
@@ -133,24 +139,24 @@ class Settings(BaseSettings):
                       "security_protocol": self.kafka_security_protocol}
         if self._sasl:
             conf.update(sasl_mechanism=self.kafka_sasl_mechanism, sasl_plain_username=self.kafka_sasl_username,
-                        sasl_plain_password=self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password
-                        else None)
-        if self.kafka_security_protocol.endswith("SSL"):
-            from aiokafka.helpers import create_ssl_context
-            conf["ssl_context"] = create_ssl_context(cafile=str(self.kafka_ssl_cafile) if self.kafka_ssl_cafile
-                                                     else None)
+                        sasl_plain_password=self._sasl_password)
+        ssl_context = self._ssl_context()
+        if ssl_context is not None:
+            conf["ssl_context"] = ssl_context
         return conf
 
     def faust_credentials(self):
         """Faust's ``broker_credentials`` (None: plaintext)."""
         import faust
-        ssl_context = self.aiokafka_conf().get("ssl_context")
+        ssl_context = self._ssl_context()
         if self._sasl:
-            return faust.SASLCredentials(username=self.kafka_sasl_username,
-                                         password=self.kafka_sasl_password.get_secret_value()
-                                         if self.kafka_sasl_password else None,
+            return faust.SASLCredentials(username=self.kafka_sasl_username, password=self._sasl_password,
                                          mechanism=self.kafka_sasl_mechanism, ssl_context=ssl_context)
         return faust.SSLCredentials(ssl_context) if ssl_context else None
+
+    def latest_event_ms(self) -> int:
+        """The latest acceptable event time now (worker and sink agree on what is invalid)."""
+        return int((time.time() + self.max_future_days * 86_400) * 1000)
 
     def pseudonym_key_bytes(self) -> bytes:
         """The HMAC key for NIK pseudonyms. Production refuses to run on the development key."""

@@ -105,21 +105,19 @@ def _agent(topo, source, topic_name: str, record_name: str, lateness_ms: int) ->
                     with routed_by(event):
                         wm = marks[mark] = Watermark(topo.watermarks.get(mark))
                     wm.rewind(message.offset)
+                wm.off = message.offset  # read: whatever becomes of it, a replay starts after it
                 try:
                     record = await topo.serde.decode_waiting(event.value, record_name)
                     validation.check(record_name, record, latest)
                 except (DecodeError, validation.Invalid) as exc:
-                    wm.off = message.offset
                     await dead_letter(topo, message, exc.reason, exc.detail)
                     continue
                 except Exception as exc:  # a bug must not crash the agent nor lose the record
                     log.exception("unexpected error decoding %s[%d]@%d", message.topic, message.partition,
                                   message.offset)
-                    wm.off = message.offset
                     await dead_letter(topo, message, "processing_error", type(exc).__name__)
                     continue
                 at, before = record["occurred_at"], wm.wm
-                wm.off = message.offset
                 if at < before - lateness_ms:
                     await dead_letter(topo, message, "late",
                                       f"event time {(before - at) / DAY_MS:.1f} days behind this partition's clock")

@@ -20,7 +20,7 @@ from streams.topics import send_batch
 STARTED = time.time()  # sources restored from the changelog count as moving for a while after a (re)start
 
 
-def fold_tick(topo, partition: int, clock: dict | None, tick: dict) -> tuple[dict, int | None]:
+def fold_tick(topo, clock: dict | None, tick: dict) -> tuple[dict, int | None]:
     """Fold a source partition's watermark into this partition's clock. Returns (clock, the new low watermark
     when it enters a new day, else None): that is passed on to every region, behind this partition's deltas.
 
@@ -58,12 +58,11 @@ def register(topo) -> None:
             states: dict[str, dict] = {}
             deltas: dict[str, list] = collections.defaultdict(list)
             outcomes: collections.Counter = collections.Counter()
-            clock = changed_clock = None
+            clock = None  # this partition's clock, once a tick changed it
             index = 0
             for value in event.value["events"]:
                 if value["kind"] == "Tick":
-                    clock, forward = fold_tick(topo, partition, clock or topo.clocks.get(str(partition)), value)
-                    changed_clock = clock
+                    clock, forward = fold_tick(topo, clock or topo.clocks.get(str(partition)), value)
                     if forward is not None:
                         for code in codes:
                             deltas[code].append({"k": "tick", "at": forward, "src": [partition, offset, index]})
@@ -86,7 +85,7 @@ def register(topo) -> None:
             # re-read, their deltas go out again with the same src and the region stage applies them once
             for key, state in states.items():
                 topo.participants[key] = state
-            if changed_clock is not None:
-                topo.clocks[str(partition)] = changed_clock
+            if clock is not None:
+                topo.clocks[str(partition)] = clock
             for (topic, outcome), n in outcomes.items():
                 EVENTS.labels(topic, outcome).inc(n)
