@@ -78,3 +78,11 @@ def committed_offsets(bootstrap: str, group: str, topics=None) -> int:
     return sum(tp.offset for tp in result.topic_partitions
                if tp.offset >= 0 and (topics is None or tp.topic in topics))
 
+
+
+def assigned_members(bootstrap: str, group: str) -> int:
+    """Members of consumer group ``group`` that hold partitions now (0 while it rebalances)."""
+    from confluent_kafka.admin import AdminClient
+    admin = AdminClient({"bootstrap.servers": bootstrap})  # must outlive the future, or it never resolves
+    description = admin.describe_consumer_groups([group], request_timeout=10)[group].result()
+    return sum(1 for m in description.members if m.assignment and m.assignment.topic_partitions)

@@ -16,7 +16,7 @@ from streams.simulator.publish import Publisher
 from streams.topics import ensure_topics
 from tests.conftest import unique
 from tests.expected import comparable, expected_alerts, expected_regions
-from tests.helpers import WebhookReceiver, niks_in, read_all
+from tests.helpers import WebhookReceiver, assigned_members, niks_in, read_all
 from tests.worker import Worker
 
 DAY = 86_400_000
@@ -215,6 +215,9 @@ def test_two_workers_split_the_work_and_both_answer_for_every_region(kafka, regi
         publish(settings, events[:half])
         a.wait(lambda: sum(a.events_accounted().values()) > half // 4, 60, "the first worker under way")
         b.start()  # joins mid-stream: partitions are revoked from a while it is processing
+        # a batching worker may finish the first half before b is in: the rest is published once b holds partitions
+        b.wait(lambda: assigned_members(settings.kafka_bootstrap_servers, settings.app_id) == 2, 120,
+               "the second worker assigned partitions")
         publish(settings, events[half:])
         accounted = lambda: sum(a.events_accounted().values()) + sum(b.events_accounted().values())
         # at-least-once: records in flight during the join's rebalance may be consumed twice (counted twice);
