@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ from tests.test_topology import publish, wait_exact
 from tests.worker import Sink, Worker
 
 SCALE = 0.01
+OUTAGE_SECONDS = 30  # the issue's ~30 s database outage
 CONTRACT_TABLES = {"dim_region", "dim_program", "fact_registration", "fact_contribution", "fact_claim",
                    "region_snapshot", "region_alert"}
 FACTS = {"Registration": "fact_registration", "Contribution": "fact_contribution", "Claim": "fact_claim"}
@@ -150,10 +152,15 @@ def test_postgres_outage_mid_run_loses_nothing(published, postgres, tmp_path):
         sink.start()
         sink.wait(lambda: committed_total(settings) >= half, 120, "first half committed")
         postgres.stop()
+        down = time.monotonic()
         publish(settings, events[half:])
-        sink.wait(lambda: sink.metrics().get(("jamsostek_sink_retries_total", ()), 0) >= 2, 60,
-                  "the sink retrying while the database is down")
+        retries = lambda: sink.metrics().get(("jamsostek_sink_retries_total", ()), 0)  # noqa: E731
+        sink.wait(lambda: retries() >= 2, 60, "the sink retrying while the database is down")
+        time.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - down)))  # the database stays down ~30 s
+        assert sink.proc.poll() is None, sink.tail()
         assert committed_total(settings) == half  # nothing committed past unwritten data
+        # capped backoff: it kept trying through the outage, without hammering the database
+        assert 3 <= retries() <= OUTAGE_SECONDS, retries()
         postgres.start()
         wait_facts(sink, settings.warehouse_url, expected_facts(events), len(events))
     finally:
