@@ -64,6 +64,7 @@ def create_app(settings: Settings) -> Topology:
         web_port=settings.web_port,
         web_bind=settings.http_host,
         table_cleanup_interval=30.0,
+        processing_guarantee=settings.processing_guarantee,
         # No standby replicas: with them, a worker joining a running group never fetched its active input
         # partitions (seen here with faust 0.15.3 + aiokafka 0.14; cf. faust-streaming #629/#471). Failover then
         # restores from the changelog instead of a hot standby.

@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     # --- worker ------------------------------------------------------------------------------------
     app_id: str = "jamsostek"
     store: Literal["memory", "rocksdb"] = "memory"
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = Field(
+        "at_least_once", description="exactly_once: Faust's Kafka transactions; stalls on this topology with "
+        "faust-streaming 0.15.3 (docs/reliability.md), kept to re-test upstream fixes")
     http_host: str = Field("127.0.0.1", description="address the web page and metrics listen on (0.0.0.0 in containers)")
     web_port: int = 6066
     metrics_port: int = 9108

@@ -8,9 +8,10 @@ from kafka import KafkaConsumer, TopicPartition
 
 
 def read_all(bootstrap: str, topic: str, expected: int | None = None, timeout: float = 30) -> list:
-    """Every record of ``topic`` from the beginning up to its end offsets (or until ``expected`` have arrived)."""
+    """Every committed record of ``topic`` from the beginning up to its end offsets (or until ``expected`` have
+    arrived); records of aborted transactions are skipped, as any downstream reader set to read_committed does."""
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest",
-                             consumer_timeout_ms=1000)
+                             consumer_timeout_ms=1000, isolation_level="read_committed")
     try:
         partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
         consumer.assign(partitions)

@@ -42,11 +42,12 @@ def with_late_and_out_of_order(events: list[SimEvent]) -> list[SimEvent]:
     return events + [late, ok]
 
 
-def publish(settings: Settings, events: list[SimEvent]) -> None:
+def publish(settings: Settings, events: list[SimEvent], partition: int | None = None) -> None:
+    """``partition``: all to this partition (otherwise by key, as upstream publishers do)."""
     ensure_topics(settings)
     publisher = Publisher(settings)
     for event in events:
-        publisher.send(event)
+        publisher.send(event, partition)
     publisher.flush()
 
 

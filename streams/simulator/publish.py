@@ -54,13 +54,14 @@ class Publisher:
             **producer_conf,
         })
 
-    def send(self, event: SimEvent) -> str:
+    def send(self, event: SimEvent, partition: int | None = None) -> str:
         topic = self.topic_for[event.record_name]
         value = wire_value(self.serde, topic, event)
+        where = {} if partition is None else {"partition": partition}
         while True:
             try:
                 # Kafka timestamp = publish time, as for a live upstream; event time travels in `occurred_at`
-                self.producer.produce(topic, value=value, key=event.key.encode())
+                self.producer.produce(topic, value=value, key=event.key.encode(), **where)
                 break
             except BufferError:  # local queue full: let deliveries drain
                 self.producer.poll(0.1)
