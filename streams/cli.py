@@ -152,7 +152,18 @@ def worker(config: Optional[Path] = ConfigOpt,
         ensure_topics(s, extra=app_topics(topo))
     except ValueError as exc:  # e.g. production mode without PSEUDONYM_KEY
         _fail(exc)
-    faust.Worker(topo.app, loglevel=loglevel, quiet=True).execute_from_commandline()
+    if s.profile_path is None:
+        faust.Worker(topo.app, loglevel=loglevel, quiet=True).execute_from_commandline()
+        return
+    from pyinstrument import Profiler
+    profiler = Profiler(interval=0.005)
+    profiler.start()
+    try:
+        faust.Worker(topo.app, loglevel=loglevel, quiet=True).execute_from_commandline()
+    finally:
+        profiler.stop()
+        s.profile_path.with_suffix(".html").write_text(profiler.output_html())
+        s.profile_path.with_suffix(".txt").write_text(profiler.output_text(unicode=True, show_all=False))
 
 
 @app.command()

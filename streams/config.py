@@ -75,6 +75,8 @@ class Settings(BaseSettings):
     # --- worker ------------------------------------------------------------------------------------
     app_id: str = "jamsostek"
     store: Literal["memory", "rocksdb"] = "memory"
+    profile_path: Path | None = Field(None, description="write a pyinstrument CPU profile of the worker here "
+                                         "(.html and .txt) when it stops (benchmarks)")
     processing_guarantee: Literal["at_least_once", "exactly_once"] = Field(
         "at_least_once", description="exactly_once: Faust's Kafka transactions; stalls on this topology with "
         "faust-streaming 0.15.3 (docs/reliability.md), kept to re-test upstream fixes")

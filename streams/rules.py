@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import marshal
 from datetime import datetime, timezone
 
 from streams import stall
@@ -113,14 +114,10 @@ def _inc(d: dict, key: str, by: int = 1) -> None:
 
 
 def copy_region(stats: dict | None) -> dict:
-    """A copy of a region's state that ``apply_delta_in_place`` may change (it is JSON: nested dicts/lists)."""
-    def copy(v):
-        if isinstance(v, dict):
-            return {k: copy(x) for k, x in v.items()}
-        if isinstance(v, list):
-            return [copy(x) for x in v]
-        return v
-    return copy(stats) if stats else new_region()
+    """A deep copy of a region's state that ``apply_delta_in_place`` may change. The state is plain JSON data
+    (dicts, lists, str, int, float, None), which ``marshal`` copies in C: ~4x faster than a recursive copy, and
+    this copy was the region stage's largest cost (benchmarks/)."""
+    return marshal.loads(marshal.dumps(stats)) if stats else new_region()
 
 
 def apply_delta(stats: dict | None, delta: dict, region: Region, target_scale: float) -> dict:

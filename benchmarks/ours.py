@@ -1,0 +1,197 @@
+"""Our side of the benchmark, each against the real broker (and PostgreSQL): the Faust worker (memory and RocksDB
+stores) on the pre-loaded backlog, its participant-table recovery from the changelog, end-to-end latency at a
+fixed offered rate, and the warehouse sink against a plain COPY of the same rows."""
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+from confluent_kafka import Consumer, TopicPartition
+
+from sinks.warehouse import db, rows
+from sinks.warehouse.models import FACT_TABLES
+from streams.config import Settings
+from streams.simulator import SimEvent
+from streams.simulator.publish import Publisher
+from tests.expected import comparable, expected_regions
+from tests.helpers import committed_offsets
+from tests.worker import Sink, Worker
+
+
+def end_offsets(settings: Settings, topics: list[str]) -> int:
+    consumer = Consumer({**settings.librdkafka_conf(), "group.id": "bench-offsets"})
+    try:
+        metadata = consumer.list_topics(timeout=30)
+        return sum(consumer.get_watermark_offsets(TopicPartition(t, p), timeout=30)[1]
+                   for t in topics for p in metadata.topics[t].partitions)
+    finally:
+        consumer.close()
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The process's peak resident set size (VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
+
+
+def processed(region_views: dict) -> int:
+    """Events applied to the region tables: each registration, contribution and claim moves one counter."""
+    total = 0
+    for view in region_views.values():
+        total += sum(c["registered"] for c in view["cohorts"].values()) + view["contributions"]["count"]
+        total += sum(s["count"] for statuses in view["claims"].values() for s in statuses.values())
+    return total
+
+
+def run_worker(settings: Settings, events: list[SimEvent], workdir: Path, advance: Callable[[int], None],
+               profile: Path | None = None) -> tuple[dict, Worker]:
+    """Start a worker on the pre-loaded backlog; done when every input record is accounted for and the internal
+    topics have no backlog. Returns the figures and the (still running) worker."""
+    env = {"PROFILE_PATH": str(profile)} if profile else {}
+    worker = Worker(settings, workdir / f"worker-{settings.store}.log", **env)
+    internal = [f"{settings.app_id}-participant-events", f"{settings.app_id}-region-deltas"]
+    total, seen = len(events), 0
+    worker.start(timeout=180)
+    started = time.perf_counter()
+
+    def done() -> bool:
+        nonlocal seen
+        accounted = int(sum(worker.events_accounted().values()))
+        advance(min(accounted, total) - seen)
+        seen = min(accounted, total)
+        if accounted < total:
+            return False
+        return end_offsets(settings, internal) - committed_offsets(settings.kafka_bootstrap_servers, settings.app_id,
+                                                                    set(internal)) == 0
+    worker.wait(done, 7200, "the worker through the whole backlog")
+    seconds = time.perf_counter() - started
+    want = expected_regions(events, scale=settings.target_scale)
+
+    def equal() -> bool:  # the web view follows the region changelog: it may trail the table by a moment
+        return {code: comparable(view) for code, view in worker.regions().items()} == want
+    try:
+        worker.wait(equal, 60, "the region view to equal the fold")
+        same = True
+    except AssertionError:
+        same = False
+    return {"store": settings.store, "events": total, "seconds": round(seconds, 2),
+            "events_per_s": round(total / seconds), "peak_rss_mb": peak_rss_mb(worker.proc.pid),
+            "equal_to_fold": same}, worker
+
+
+def log_time(log: Path, text: str) -> datetime:
+    """When Faust logged the first line containing ``text`` ("[2026-11-24 02:12:03,929] [pid] [INFO] ...")."""
+    for line in log.read_text(errors="replace").splitlines():
+        if text in line:
+            return datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f")
+    raise ValueError(f"{text!r} not in {log}")
+
+
+def recovery(settings: Settings, workdir: Path) -> dict:
+    """A worker with an empty state directory restores every table from the changelogs: the time between
+    Faust's "Restoring state from changelog topics" and "Recovery complete" (its own log lines), and the whole
+    restart (process start to ready)."""
+    fresh = settings.model_copy(update={"state_dir": workdir / f"recovery-{uuid.uuid4().hex[:6]}"})
+    log = workdir / "worker-recovery.log"
+    worker = Worker(fresh, log)
+    started = time.perf_counter()
+    worker.start(timeout=600)
+    worker.wait(lambda: "Recovery complete" in log.read_text(errors="replace"), 1800, "recovery")
+    restart = time.perf_counter() - started
+    worker.stop()
+    seconds = (log_time(log, "Recovery complete") - log_time(log, "Restoring state from changelog")).total_seconds()
+    changelog = f"{settings.app_id}-participants-changelog"
+    return {"seconds": round(seconds, 2), "restart_seconds": round(restart, 2),
+            "changelog_records": end_offsets(settings, [changelog])}
+
+
+def latency(settings: Settings, worker: Worker, events: list[SimEvent], rate: float) -> dict:
+    """Publish ``events`` at ``rate`` per second to a running worker; the latency of event i is the time from its
+    publication until the region tables (the worker's /regions) have applied i + 1 events past the baseline."""
+    base = processed(worker.regions())
+    timeline: list[tuple[float, int]] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            try:
+                timeline.append((time.perf_counter(), processed(worker.regions()) - base))
+            except Exception:  # a poll that fails is just a missing sample
+                pass
+            time.sleep(0.02)
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    publisher = Publisher(settings, **{"linger.ms": 5})
+    sent: list[float] = []
+    start = time.perf_counter()
+    for i, event in enumerate(events):
+        delay = start + i / rate - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        publisher.send(event)
+        sent.append(time.perf_counter())
+    publisher.flush()
+    deadline = time.perf_counter() + 300
+    while (not timeline or timeline[-1][1] < len(events)) and time.perf_counter() < deadline:
+        time.sleep(0.1)
+    stop.set()
+    watcher.join()
+    latencies, j = [], 0
+    for i, t in enumerate(sent):
+        while j < len(timeline) and timeline[j][1] < i + 1:
+            j += 1
+        if j == len(timeline):
+            break
+        latencies.append(timeline[j][0] - t)
+    latencies.sort()
+    pct = lambda q: round(latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000)  # noqa: E731
+    return {"offered_per_s": rate, "events": len(events), "measured": len(latencies),
+            "achieved_per_s": round(len(events) / (sent[-1] - start)), "p50_ms": pct(0.50), "p99_ms": pct(0.99)}
+
+
+def run_sink(settings: Settings, total: int, workdir: Path, advance: Callable[[int], None]) -> dict:
+    sink = Sink(settings, workdir / "sink.log")
+    sink.start(timeout=180)
+    started, seen = time.perf_counter(), 0
+
+    def done() -> bool:
+        nonlocal seen
+        n = committed_offsets(settings.kafka_bootstrap_servers, settings.sink_group_id, set(settings.topics.inputs))
+        advance(n - seen)
+        seen = n
+        return n >= total
+    try:
+        sink.wait(done, 7200, "the sink through the backlog")
+        seconds = time.perf_counter() - started
+    finally:
+        sink.stop()
+    return {"rows": total, "seconds": round(seconds, 2), "rows_per_s": round(total / seconds)}
+
+
+def copy_baseline(settings: Settings, events: list[SimEvent], url: str) -> dict:
+    """The same fact rows with PostgreSQL's COPY (psycopg), one COPY per table, in one transaction: the floor
+    of what writing these rows costs. Rows are built before the clock starts."""
+    db.migrate(url)
+    key, now = settings.pseudonym_key_bytes(), datetime.now(timezone.utc)
+    by_table: dict = {}
+    for offset, event in enumerate(events):
+        row = rows.fact_row(event.record_name, event.record, key, ("bench", 0, offset), now)
+        by_table.setdefault(FACT_TABLES[event.record_name], []).append(row)
+    engine = db.make_engine(url)
+    started = time.perf_counter()
+    with engine.begin() as conn:
+        cursor = conn.connection.driver_connection.cursor()
+        for table, table_rows in by_table.items():
+            columns = list(table_rows[0])
+            with cursor.copy(f"COPY {table.name} ({', '.join(columns)}) FROM STDIN") as copy:
+                for row in table_rows:
+                    copy.write_row([row.get(c) for c in columns])
+    seconds = time.perf_counter() - started
+    engine.dispose()
+    return {"rows": len(events), "seconds": round(seconds, 2), "rows_per_s": round(len(events) / seconds)}

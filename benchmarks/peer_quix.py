@@ -1,0 +1,117 @@
+"""Run the Quix Streams peer (benchmarks/quix_app.py) on the pre-loaded backlog in its own virtualenv; check its
+per-region aggregates against the independent fold (tests/expected.py), as ours are."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from confluent_kafka import Consumer, TopicPartition
+
+from streams.config import Settings
+from streams.simulator import SimEvent
+from tests.expected import expected_regions
+from tests.helpers import committed_offsets
+
+VERSION = "3.28.1"
+APP = Path(__file__).with_name("quix_app.py")
+
+
+def virtualenv(settings: Settings) -> Path:
+    """quixstreams pins confluent-kafka below the project's: it gets a virtualenv of its own, made once."""
+    venv = settings.cache_dir / f"quixstreams-{VERSION}"
+    python = venv / "bin" / "python"
+    if not (venv / ".complete").exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", f"quixstreams[avro]=={VERSION}"], check=True)
+        (venv / ".complete").touch()
+    return python
+
+
+def group_lag(settings: Settings, group: str) -> int:
+    """Records not yet committed by ``group``, over every partition it has committed (inputs, repartition)."""
+    from confluent_kafka import ConsumerGroupTopicPartitions
+    from confluent_kafka.admin import AdminClient
+    admin = AdminClient(settings.librdkafka_conf())
+    committed = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])[group].result()
+    consumer = Consumer({**settings.librdkafka_conf(), "group.id": "bench-lag"})
+    try:
+        return sum(consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=30)[1]
+                   - max(tp.offset, 0) for tp in committed.topic_partitions)
+    finally:
+        consumer.close()
+
+
+def last_values(settings: Settings, topic: str) -> dict[str, dict]:
+    consumer = Consumer({**settings.librdkafka_conf(), "group.id": "bench-read", "enable.auto.commit": False})
+    try:
+        metadata = consumer.list_topics(topic, timeout=30)
+        tps = [TopicPartition(topic, p, 0) for p in metadata.topics[topic].partitions]
+        ends = {tp.partition: consumer.get_watermark_offsets(tp, timeout=30)[1] for tp in tps}
+        consumer.assign(tps)
+        out, read = {}, {p: 0 for p in ends}
+        while any(read[p] < ends[p] for p in ends):
+            for message in consumer.consume(10_000, timeout=1.0):
+                if not message.error():
+                    read[message.partition()] = message.offset() + 1
+                    out[message.key().decode()] = json.loads(message.value())
+        return out
+    finally:
+        consumer.close()
+
+
+def comparable(r: dict, clock: int, grace_months: int = 3) -> dict:
+    """The peer's region state in the shape of tests.expected.expected_regions (registered, active, claims,
+    contributions; the quota is ours only). ``clock``: the month of the latest event time, over all regions."""
+    cohorts = {}
+    for cohort in ("VULNERABLE_WORKER", "NON_CIVIL_SERVANT", "GENERAL"):
+        hist = r["pt"].get(cohort, {})
+        cohorts[cohort] = {"registered": r["reg"].get(cohort, 0),
+                           "active": sum(n for pt, n in hist.items() if clock - int(pt) - 1 <= grace_months)}
+    claims = {p: {s: {"count": c[0], "amount_idr": c[1]} for s, c in statuses.items()}
+              for p, statuses in r["claims"].items()}
+    return {"cohorts": cohorts, "claims": claims, "contributions": {"count": r["contrib"][0], "amount_idr": r["contrib"][1]}}
+
+
+def run(settings: Settings, events: list[SimEvent], workdir: Path, advance: Callable[[int], None]) -> dict:
+    python = virtualenv(settings)
+    group, output = f"bench-quix-{uuid.uuid4().hex[:8]}", f"{settings.topic_prefix}quix-regions"
+    config = workdir / f"{group}.json"
+    config.write_text(json.dumps({"bootstrap": settings.kafka_bootstrap_servers, "registry": settings.schema_registry_url,
+                                  "group": group, "state_dir": str(workdir / group), "output": output,
+                                  "inputs": dict(settings.topics.inputs)}))
+    log = open(workdir / f"{group}.log", "w")
+    started = time.perf_counter()
+    proc = subprocess.Popen([str(python), str(APP), str(config)], stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    total, seen, inputs = len(events), 0, set(settings.topics.inputs)
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the Quix Streams peer exited ({proc.returncode}): see {log.name}")
+            try:
+                n = committed_offsets(settings.kafka_bootstrap_servers, group, inputs)
+            except Exception:  # the group does not exist before its first commit
+                n = 0
+            advance(n - seen)
+            seen = n
+            if n >= total and group_lag(settings, group) == 0:
+                break
+            time.sleep(0.5)
+        seconds = time.perf_counter() - started
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        log.close()
+    from tests.expected import month_number
+    regions = last_values(settings, output)
+    clock = month_number(max(r["clock"] for r in regions.values()))
+    got = {code: comparable(r, clock) for code, r in regions.items()}
+    want = {code: {k: v for k, v in region.items() if k != "quota"}
+            for code, region in expected_regions(events, scale=settings.target_scale).items()}
+    return {"events": total, "seconds": round(seconds, 2), "events_per_s": round(total / seconds),
+            "equal_to_fold": got == want, "version": VERSION}
