@@ -103,7 +103,7 @@ def new_region() -> dict:
     return {"registered": {}, "hist": {}, "quota_used": {}, "over_quota": {}, "claims": {},
             "contrib": [0, 0], "clock": 0, "last_registration": 0, "applied": {},
             # stall detection (streams/stall.py): low watermark per source partition, evaluation state
-            "wm": {}, "evaluated": None, "first_day": None, "days": {}, "recent": [], "active_series": [],
+            "wm": {}, "evaluated": None, "first_day": None, "days": {}, "recent": {}, "active_series": [],
             "alerts": {}, "forecast_fill_day": None}
 
 
