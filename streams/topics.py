@@ -87,7 +87,7 @@ async def _send_chunk(topic, field: str, chunk: list, kwargs: dict) -> list:
 async def delivered(futures: list) -> None:
     """Wait until the broker has acknowledged these sends. A send only queues a message in the producer, which
     may deliver another partition's batch first — a table's changelog write, say: where a state write records
-    that something was sent, the send must be acknowledged before the write (found by the 200k kill -9 drill:
-    state marking events seen reached the changelog, their deltas did not, and 29 contributions were lost)."""
+    that something was sent, the send must be acknowledged before the write (otherwise, after a crash, the
+    restored state can say "seen" for events whose deltas never reached the broker)."""
     if futures:
         await asyncio.gather(*futures)
