@@ -152,19 +152,6 @@ def worker(config: Optional[Path] = ConfigOpt,
         ensure_topics(s, extra=app_topics(topo))
     except ValueError as exc:  # e.g. production mode without PSEUDONYM_KEY
         _fail(exc)
-
-    @topo.app.task
-    async def dump_tasks_on_usr2():
-        """`kill -USR2 <pid>` logs where every asyncio task of the worker waits (a stalled stage shows here)."""
-        import asyncio
-        import io
-
-        def dump() -> None:
-            for task in asyncio.all_tasks():
-                out = io.StringIO()
-                task.print_stack(limit=12, file=out)
-                typer.echo(f"--- task {task.get_name()}\n{out.getvalue()}", err=True)
-        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR2, dump)
     if s.profile_path is None:
         faust.Worker(topo.app, loglevel=loglevel, quiet=True).execute_from_commandline()
         return

@@ -9,7 +9,6 @@ from sinks import alerts
 from streams import rules, stall
 from streams.metrics import CLAIMS_PAID
 from streams.reference import reference
-from streams.topics import delivered
 
 
 def register(topo) -> None:
@@ -40,8 +39,8 @@ def register(topo) -> None:
                     paid.append(delta)
             if not changed:
                 continue  # all replayed
-            # the alerts acknowledged before the state that records them (see participants.py)
-            await delivered([await alerts.publish(topo, alert) for alert in transitions])
+            for alert in transitions:  # before the state that records them (see participants.py)
+                await alerts.publish(topo, alert)
             topo.regions[code] = stats
             for delta in paid:
                 CLAIMS_PAID.labels(code, delta["program"]).inc(delta["amount"])

@@ -1,9 +1,6 @@
 """Create the CONTRACT.md topics (idempotent)."""
 from __future__ import annotations
 
-import asyncio
-import json
-
 from confluent_kafka.admin import AdminClient, NewTopic
 from confluent_kafka.error import KafkaError
 
@@ -57,37 +54,11 @@ def ensure_topics(settings: Settings, timeout: float = 30, extra: dict[str, dict
     return created
 
 
-MAX_BATCH_ITEMS = 1000  # items per internal message at most
-MAX_MESSAGE_BYTES = 900_000  # and bytes: the producer's and the broker's limit is 1 MiB per message
+MAX_BATCH_ITEMS = 1000  # items per internal message at most: far below the broker's 1 MB message limit
 
 
-async def send_batch(topic, field: str, items: list, **kwargs) -> list:
-    """Publish ``items`` on an internal (JSON) topic as ``{field: [...]}`` messages, in order, now (``force``:
-    not deferred to the offset commit as Faust does by default). Returns their delivery futures (``delivered``).
-
-    A message holds at most ``MAX_BATCH_ITEMS`` items and ``MAX_MESSAGE_BYTES`` bytes: a message over the
-    producer's and the broker's 1 MiB limit crashes the worker (seen with a region changelog value in the 200k
-    kill drill; 1000 records of the largest valid kind come within reach of it). Encoded here, once, so the
-    size is known; a chunk too big is halved."""
-    sent = []
+async def send_batch(topic, field: str, items: list, **kwargs) -> None:
+    """Publish ``items`` on an internal topic as ``{field: [...]}`` messages, in order, now (``force``: not
+    deferred to the offset commit as Faust does by default)."""
     for i in range(0, len(items), MAX_BATCH_ITEMS):
-        sent += await _send_chunk(topic, field, items[i:i + MAX_BATCH_ITEMS], kwargs)
-    return sent
-
-
-async def _send_chunk(topic, field: str, chunk: list, kwargs: dict) -> list:
-    data = json.dumps({field: chunk}, separators=(",", ":"), ensure_ascii=False).encode()
-    if len(data) > MAX_MESSAGE_BYTES and len(chunk) > 1:
-        half = len(chunk) // 2
-        return (await _send_chunk(topic, field, chunk[:half], kwargs)
-                + await _send_chunk(topic, field, chunk[half:], kwargs))
-    return [await topic.send(value=data, value_serializer="raw", force=True, **kwargs)]
-
-
-async def delivered(futures: list) -> None:
-    """Wait until the broker has acknowledged these sends. A send only queues a message in the producer, which
-    may deliver another partition's batch first — a table's changelog write, say: where a state write records
-    that something was sent, the send must be acknowledged before the write (otherwise, after a crash, the
-    restored state can say "seen" for events whose deltas never reached the broker)."""
-    if futures:
-        await asyncio.gather(*futures)
+        await topic.send(value={field: items[i:i + MAX_BATCH_ITEMS]}, force=True, **kwargs)
