@@ -10,8 +10,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
-from confluent_kafka import Consumer, TopicPartition
-
+from benchmarks.offsets import backlog, end_offsets
 from sinks.warehouse import db, rows
 from sinks.warehouse.models import FACT_TABLES
 from streams.config import Settings
@@ -20,16 +19,6 @@ from streams.simulator.publish import Publisher
 from tests.expected import comparable, expected_regions
 from tests.helpers import committed_offsets
 from tests.worker import Sink, Worker
-
-
-def end_offsets(settings: Settings, topics: list[str]) -> int:
-    consumer = Consumer({**settings.librdkafka_conf(), "group.id": "bench-offsets"})
-    try:
-        metadata = consumer.list_topics(timeout=30)
-        return sum(consumer.get_watermark_offsets(TopicPartition(t, p), timeout=30)[1]
-                   for t in topics for p in metadata.topics[t].partitions)
-    finally:
-        consumer.close()
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -67,8 +56,7 @@ def run_worker(settings: Settings, events: list[SimEvent], workdir: Path, advanc
         seen = min(accounted, total)
         if accounted < total:
             return False
-        return end_offsets(settings, internal) - committed_offsets(settings.kafka_bootstrap_servers, settings.app_id,
-                                                                    set(internal)) == 0
+        return backlog(settings, settings.app_id, internal) == 0
     worker.wait(done, 7200, "the worker through the whole backlog")
     seconds = time.perf_counter() - started
     want = expected_regions(events, scale=settings.target_scale)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, TopicPartition
 
+from benchmarks.offsets import backlog
 from streams.config import Settings
 from streams.simulator import SimEvent
 from tests.expected import expected_regions
@@ -30,20 +31,6 @@ def virtualenv(settings: Settings) -> Path:
         subprocess.run([str(python), "-m", "pip", "install", "-q", f"quixstreams[avro]=={VERSION}"], check=True)
         (venv / ".complete").touch()
     return python
-
-
-def group_lag(settings: Settings, group: str) -> int:
-    """Records not yet committed by ``group``, over every partition it has committed (inputs, repartition)."""
-    from confluent_kafka import ConsumerGroupTopicPartitions
-    from confluent_kafka.admin import AdminClient
-    admin = AdminClient(settings.librdkafka_conf())
-    committed = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])[group].result()
-    consumer = Consumer({**settings.librdkafka_conf(), "group.id": "bench-lag"})
-    try:
-        return sum(consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=30)[1]
-                   - max(tp.offset, 0) for tp in committed.topic_partitions)
-    finally:
-        consumer.close()
 
 
 def last_values(settings: Settings, topic: str) -> dict[str, dict]:
@@ -99,7 +86,7 @@ def run(settings: Settings, events: list[SimEvent], workdir: Path, advance: Call
                 n = 0
             advance(n - seen)
             seen = n
-            if n >= total and group_lag(settings, group) == 0:
+            if n >= total and backlog(settings, group) == 0:
                 break
             time.sleep(0.5)
         seconds = time.perf_counter() - started

@@ -55,7 +55,7 @@ def create_app(settings: Settings) -> Topology:
         broker=f"kafka://{settings.kafka_bootstrap_servers}",
         broker_credentials=settings.faust_credentials(),
         broker_session_timeout=settings.kafka_session_timeout_seconds,
-        broker_heartbeat_interval=settings.kafka_session_timeout_seconds / 5,
+        broker_heartbeat_interval=settings.kafka_heartbeat_seconds,
         store="rocksdb://" if settings.store == "rocksdb" else "memory://",
         datadir=str(datadir),
         topic_partitions=settings.topic_partitions,

@@ -112,6 +112,11 @@ class Settings(BaseSettings):
                 env[name.upper()] = getattr(self, name).get_secret_value()
         return env
 
+    @property
+    def kafka_heartbeat_seconds(self) -> float:
+        """Group heartbeats: a fifth of the session timeout (worker and sink)."""
+        return self.kafka_session_timeout_seconds / 5
+
     # -- Kafka clients: one place that knows the security settings ------------------------------------------------
     @property
     def _sasl(self) -> bool:

@@ -1,4 +1,5 @@
-"""A fix for faust-streaming 0.15.3 that the kill -9 drills need: uncommitted partitions lose their first records.
+"""Fixes for faust-streaming 0.15.3 that the kill -9 drills need: records fetched around recovery or a rebalance
+were lost.
 
 Faust's fetch loop hands each record to the streams with ``wait_first(deliver(record), suspend_flow.wait())``
 and marks it read either way; while flow is suspended (recovery, every rebalance) a record is therefore

@@ -80,7 +80,6 @@ def committed_offsets(bootstrap: str, group: str, topics=None) -> int:
                if tp.offset >= 0 and (topics is None or tp.topic in topics))
 
 
-
 def assigned_members(bootstrap: str, group: str) -> int:
     """Members of consumer group ``group`` that hold partitions now (0 while it rebalances)."""
     from confluent_kafka.admin import AdminClient

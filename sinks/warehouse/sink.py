@@ -46,7 +46,7 @@ class WarehouseSink:
         s = self.settings
         consumer = AIOKafkaConsumer(*self.record_names, **s.aiokafka_conf(),
                                     session_timeout_ms=int(s.kafka_session_timeout_seconds * 1000),
-                                    heartbeat_interval_ms=int(s.kafka_session_timeout_seconds * 200),
+                                    heartbeat_interval_ms=int(s.kafka_heartbeat_seconds * 1000),
                                     group_id=s.sink_group_id, enable_auto_commit=False,
                                     auto_offset_reset="earliest", max_poll_records=s.sink_batch_size)
         await consumer.start()
