@@ -103,6 +103,42 @@ def test_migrations_upgrade_and_downgrade(warehouse_url):
     engine.dispose()
 
 
+@pytest.mark.parametrize("n", [db.COPY_MIN_ROWS - 1, 3 * db.COPY_MIN_ROWS])
+def test_upsert_keeps_facts_and_takes_newer_alerts_plain_and_staged(warehouse_url, n):
+    """``db.upsert`` below and above the COPY-staging threshold (PostgreSQL stages through COPY, SQLite never):
+    facts keep their first row, alerts take the newest transition and ignore an older one delivered again."""
+    from datetime import datetime, timedelta, timezone
+    from sinks.warehouse.models import fact_claim, region_alert
+    db.migrate(warehouse_url)
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+    def claim(i: int, amount: int) -> dict:
+        return {"event_id": f"e{i}", "participant_key": f"k{i}", "region_code": "64.72", "occurred_at": t0,
+                "event_month": "2026-01", "src_topic": "t", "src_partition": 0, "src_offset": i, "loaded_at": t0,
+                "program": "JKK", "amount_idr": amount, "status": "PAID"}
+
+    def alert(i: int, status: str, minutes: int) -> dict:
+        return {"alert_id": f"a{i}", "region_code": "64.11", "kind": "NO_REGISTRATIONS", "severity": "WARNING",
+                "status": status, "started_at": t0, "resolved_at": None, "details": "{}",
+                "updated_at": t0 + timedelta(minutes=minutes)}
+    engine = db.make_engine(warehouse_url)
+    with engine.begin() as conn:
+        # a duplicate inside the batch too: the first fact row wins, the newest alert row wins
+        db.upsert(conn, fact_claim, [claim(i, 100) for i in range(n)] + [claim(0, 999)], update=False)
+        db.upsert(conn, region_alert, [alert(i, "firing", 1) for i in range(n)] + [alert(0, "resolved", 2)],
+                  update=True, newer="updated_at")
+    with engine.begin() as conn:  # again: new amounts ignored; alerts: even rows newer, odd rows older
+        db.upsert(conn, fact_claim, [claim(i, 5) for i in range(n + 1)], update=False)
+        db.upsert(conn, region_alert, [alert(i, "resolved" if i % 2 == 0 else "stale", 3 if i % 2 == 0 else 0)
+                                       for i in range(n)], update=True, newer="updated_at")
+    with engine.connect() as conn:
+        amounts = dict(conn.execute(text("SELECT event_id, amount_idr FROM fact_claim")).all())
+        statuses = dict(conn.execute(text("SELECT alert_id, status FROM region_alert")).all())
+    engine.dispose()
+    assert amounts == {f"e{i}": 100 for i in range(n)} | {f"e{n}": 5}
+    assert statuses == {f"a{i}": "resolved" if i % 2 == 0 else "firing" for i in range(n)}
+
+
 def test_sink_writes_exact_facts_and_redelivery_adds_nothing(published, warehouse_url, tmp_path):
     base, events = published
     settings = sink_settings(base, warehouse_url)
