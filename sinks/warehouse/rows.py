@@ -15,7 +15,7 @@ def fact_row(record_name: str, record: dict, key: bytes, source: tuple[str, int,
     """One fact row; ``source`` = (topic, partition, offset). The NIK becomes ``participant_key`` here."""
     at = utc(record["occurred_at"])
     row = {"event_id": record["event_id"], "participant_key": participant_key(record["nik"], key),
-           "region_code": record["region_code"], "occurred_at": at, "event_month": at.strftime("%Y-%m"),
+           "region_code": record["region_code"], "occurred_at": at, "event_month": f"{at.year:04d}-{at.month:02d}",
            "src_topic": source[0], "src_partition": source[1], "src_offset": source[2], "loaded_at": loaded_at}
     if record_name == "Registration":
         row.update(segment=record["segment"], cohort=record["cohort"], occupation=record["occupation"],

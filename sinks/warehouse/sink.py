@@ -4,7 +4,8 @@ Like Quix Streams' sinks and Kafka Connect's JDBC sink, at its core it is "write
 collected by size (``SINK_BATCH_SIZE``) and time (``SINK_LINGER_SECONDS``), written in one database transaction
 with idempotent upserts keyed on ``event_id``, and only then are their offsets committed. While the database is
 down the same batch is retried with capped exponential backoff; nothing is committed past unwritten data, so a
-crash at any point re-delivers at most the uncommitted batch, which the upserts absorb.
+crash at any point re-delivers at most the uncommitted batches, which the upserts absorb. The next batch is read
+and turned into rows while the previous one is written (one batch ahead, at most).
 
 Records that fail decoding or validation are skipped here (counted as ``skipped_invalid``): the stream worker
 dead-letters them with the reason, and one dead letter per bad record is enough.
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from datetime import datetime, timezone
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -53,12 +54,17 @@ class WarehouseSink:
         helpers = [asyncio.create_task(self.read_model.run()), asyncio.create_task(self._snapshots())]
         log.info("warehouse sink consuming %s as group %s into %s", ", ".join(self.record_names), s.sink_group_id,
                  self.engine.url.render_as_string(hide_password=True))
+        pending = None  # (the database write of the previous batch, its records): runs while the next is read
         try:
             while True:
                 batch = await self._collect(consumer)
+                table_rows = await self._rows(batch) if batch else None
+                if pending is not None:
+                    await pending[0]
+                    await self._commit(consumer, pending[1])
+                    pending = None
                 if batch:
-                    await self._write(await self._rows(batch))
-                    await self._commit(consumer, batch)
+                    pending = (asyncio.create_task(self._write(table_rows)), batch)
         finally:
             for task in helpers:
                 task.cancel()
@@ -83,6 +89,7 @@ class WarehouseSink:
     async def _rows(self, batch: list) -> dict[Table, list[dict]]:
         loaded_at, latest = datetime.now(timezone.utc), self.settings.latest_event_ms()
         out: dict[Table, list[dict]] = defaultdict(list)
+        outcomes: Counter = Counter()
         for message in batch:
             record_name = self.record_names[message.topic]
             try:
@@ -92,11 +99,13 @@ class WarehouseSink:
                     continue
                 validation.check(record_name, record, latest)
             except (DecodeError, validation.Invalid):
-                SINK_RECORDS.labels(message.topic, "skipped_invalid").inc()
+                outcomes[message.topic, "skipped_invalid"] += 1
                 continue
             source = (message.topic, message.partition, message.offset)
             out[FACT_TABLES[record_name]].append(rows.fact_row(record_name, record, self.key, source, loaded_at))
-            SINK_RECORDS.labels(message.topic, "written").inc()
+            outcomes[message.topic, "written"] += 1
+        for (topic, outcome), n in outcomes.items():
+            SINK_RECORDS.labels(topic, outcome).inc(n)
         return out
 
     async def _write(self, batch: dict[Table, list[dict]]) -> None:
