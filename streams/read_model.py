@@ -54,12 +54,16 @@ class RegionReadModel:
                      sorted(ends.values()))
             if all(offset == 0 for offset in ends.values()):
                 self.ready.set()
-            async for message in consumer:
-                key = json.loads(message.key)
-                if message.value is None:
-                    self.stats.pop(key, None)
-                else:
-                    self.stats[key] = json.loads(message.value)
+            while True:
+                fetched = await consumer.getmany(timeout_ms=1000, max_records=5000)
+                # compacted in memory: of a key's records in one fetch only the newest is decoded
+                newest = {m.key: m.value for messages in fetched.values() for m in messages}
+                for key, value in newest.items():
+                    code = json.loads(key)
+                    if value is None:
+                        self.stats.pop(code, None)
+                    else:
+                        self.stats[code] = json.loads(value)
                 if not self.ready.is_set() and all(await self._caught_up(consumer, ends)):
                     log.info("read model caught up with %s: %d regions", self.topic, len(self.stats))
                     self.ready.set()
