@@ -74,6 +74,7 @@ def create_app(settings: Settings) -> Topology:
     )
     t = settings.topics
     key = settings.pseudonym_key_bytes()
+    options = settings.rocksdb_options() if settings.store == "rocksdb" else None
     topo = Topology(
         app=app, settings=settings, serde=AvroSerde(settings.schema_registry_url),
         dead_letter=app.topic(t.dead_letter, key_type=bytes, value_type=bytes, key_serializer="raw",
@@ -82,11 +83,11 @@ def create_app(settings: Settings) -> Topology:
                                      value_serializer="json", internal=True),
         region_deltas=app.topic(f"{settings.app_id}-region-deltas", key_type=str,
                                 value_serializer="json", internal=True),
-        participants=app.Table("participants", default=None, key_type=str),
-        regions=app.Table("regions", default=None, key_type=str),
+        participants=app.Table("participants", default=None, key_type=str, options=options),
+        regions=app.Table("regions", default=None, key_type=str, options=options),
         read_model=None,
-        watermarks=app.Table("watermarks", default=None, key_type=str),
-        clocks=app.Table("clocks", default=None, key_type=str),
+        watermarks=app.Table("watermarks", default=None, key_type=str, options=options),
+        clocks=app.Table("clocks", default=None, key_type=str, options=options),
         region_alerts=app.topic(t.region_alerts, key_type=bytes, value_type=bytes, key_serializer="raw",
                                 value_serializer="raw"),
         pseudonym_key=key,

@@ -75,6 +75,10 @@ class Settings(BaseSettings):
     # --- worker ------------------------------------------------------------------------------------
     app_id: str = "jamsostek"
     store: Literal["memory", "rocksdb"] = "memory"
+    # Faust opens one RocksDB per table partition, by default with 64 MiB write buffers (3 of them) and a 2 GiB
+    # block cache each: memory then grows with the data until those caps. Bounded per database here.
+    rocksdb_write_buffer_mb: int = Field(8, ge=1, description="RocksDB memtable size per table partition")
+    rocksdb_block_cache_mb: int = Field(16, ge=1, description="RocksDB block cache per table partition")
     profile_path: Path | None = Field(None, description="write a pyinstrument CPU profile of the worker here "
                                          "(.html and .txt) when it stops (benchmarks)")
     processing_guarantee: Literal["at_least_once", "exactly_once"] = Field(
@@ -111,6 +115,11 @@ class Settings(BaseSettings):
             if getattr(self, name) is not None:
                 env[name.upper()] = getattr(self, name).get_secret_value()
         return env
+
+    def rocksdb_options(self) -> dict:
+        """Faust's per-table RocksDB options (faust.stores.rocksdb.RocksDBOptions)."""
+        return {"write_buffer_size": self.rocksdb_write_buffer_mb << 20, "max_write_buffer_number": 2,
+                "block_cache_size": self.rocksdb_block_cache_mb << 20}
 
     @property
     def kafka_heartbeat_seconds(self) -> float:
