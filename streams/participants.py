@@ -14,7 +14,7 @@ import time
 from streams import rules
 from streams.metrics import EVENTS
 from streams.reference import regions as reference_regions
-from streams.topics import delivered, send_batch
+from streams.topics import send_batch
 
 
 STARTED = time.time()  # sources restored from the changelog count as moving for a while after a (re)start
@@ -79,13 +79,10 @@ def register(topo) -> None:
                     index += 1
                     deltas[delta["region"]].append(delta)
                 states[key] = state
-            sent = [f for code, batch in deltas.items()
-                    for f in await send_batch(topo.region_deltas, "deltas", batch, key=code)]
-            # the states after the deltas are acknowledged: should the worker die in between, the events are not
-            # duplicates when re-read, their deltas go out again with the same src and the region stage applies
-            # them once. Queued is not enough: a changelog write to another partition can reach the broker first
-            # (seen in the 40k kill drill: a clock saying "sent" for ticks that never arrived).
-            await delivered(sent)
+            for code, batch in deltas.items():
+                await send_batch(topo.region_deltas, "deltas", batch, key=code)
+            # the states after the deltas: should the worker die in between, the events are not duplicates when
+            # re-read, their deltas go out again with the same src and the region stage applies them once.
             for key, state in states.items():
                 topo.participants[key] = state
             if clock is not None:

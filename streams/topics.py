@@ -1,8 +1,6 @@
 """Create the CONTRACT.md topics (idempotent)."""
 from __future__ import annotations
 
-import asyncio
-
 from confluent_kafka.admin import AdminClient, NewTopic
 from confluent_kafka.error import KafkaError
 
@@ -59,15 +57,8 @@ def ensure_topics(settings: Settings, timeout: float = 30, extra: dict[str, dict
 MAX_BATCH_ITEMS = 1000  # items per internal message at most: far below the broker's 1 MB message limit
 
 
-async def send_batch(topic, field: str, items: list, **kwargs) -> list:
+async def send_batch(topic, field: str, items: list, **kwargs) -> None:
     """Publish ``items`` on an internal topic as ``{field: [...]}`` messages, in order, now (``force``: not
-    deferred to the offset commit as Faust does by default). Returns the messages' delivery futures: await them
-    (``delivered``) before writing state that says the items were sent."""
-    return [await topic.send(value={field: items[i:i + MAX_BATCH_ITEMS]}, force=True, **kwargs)
-            for i in range(0, len(items), MAX_BATCH_ITEMS)]
-
-
-async def delivered(futures: list) -> None:
-    """Wait until the broker has acknowledged every message of ``futures`` (raises if one failed)."""
-    if futures:
-        await asyncio.gather(*futures)
+    deferred to the offset commit as Faust does by default)."""
+    for i in range(0, len(items), MAX_BATCH_ITEMS):
+        await topic.send(value={field: items[i:i + MAX_BATCH_ITEMS]}, force=True, **kwargs)

@@ -17,14 +17,11 @@ from streams.metrics import ALERTS
 log = logging.getLogger("jamsostek.alerts")
 
 
-async def publish(topo, alert: dict):
-    """Queue ``alert`` on the alerts topic now; returns its delivery future (await it before recording the alert
-    as raised)."""
+async def publish(topo, alert: dict) -> None:
     value = topo.serde.encode(topo.region_alerts.get_topic_name(), "RegionAlert", alert)
-    future = await topo.region_alerts.send(key=alert["region_code"].encode(), value=value, force=True)  # not deferred
+    await topo.region_alerts.send(key=alert["region_code"].encode(), value=value, force=True)  # not deferred
     ALERTS.labels(alert["kind"], alert["status"]).inc()
     log.warning("ALERT %s %s [%s] %s (id %s)", alert["status"], alert["kind"], alert["severity"], alert["summary"],
                 alert["alert_id"])
     if topo.webhook is not None:
         topo.webhook.enqueue(alert)
-    return future
