@@ -164,6 +164,7 @@ def worker(config: Optional[Path] = ConfigOpt,
         profiler.stop()
         s.profile_path.with_suffix(".html").write_text(profiler.output_html())
         s.profile_path.with_suffix(".txt").write_text(profiler.output_text(unicode=True, show_all=False))
+        profiler.last_session.save(str(s.profile_path.with_suffix(".pyisession")))  # pyinstrument --load: re-render
 
 
 @app.command()
