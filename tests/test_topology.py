@@ -187,6 +187,9 @@ def test_restart_recovers_identical_tables_from_changelogs(kafka, registry, tmp_
         assert not any((settings.state_dir / "faust").rglob("*.sst"))
     else:
         assert any((settings.state_dir / "faust").rglob("*.sst")) or any((settings.state_dir / "faust").rglob("*.log"))
+        # every table partition's database was opened with the bounded memory settings (RocksDB's OPTIONS files)
+        options = [path.read_text() for path in (settings.state_dir / "faust").rglob("OPTIONS-*")]
+        assert options and all(f"write_buffer_size={settings.rocksdb_write_buffer_mb << 20}\n" in o for o in options)
     # a new process: tables come back from the changelogs (memory) or local RocksDB + changelog (rocksdb)
     worker = Worker(settings, tmp_path / "worker2.log")
     try:
