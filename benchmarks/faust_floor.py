@@ -5,16 +5,13 @@ records through librdkafka. Runs as its own process: `python -m benchmarks.faust
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks.offsets import backlog
+from benchmarks.offsets import run_to_the_end
 from streams.config import Settings
-from tests.helpers import committed_offsets
 
 
 def app_main(config: dict) -> None:
@@ -40,29 +37,8 @@ def run(settings: Settings, total: int, workdir: Path, advance: Callable[[int], 
     config.write_text(json.dumps({"bootstrap": settings.kafka_bootstrap_servers, "group": group,
                                   "datadir": str(workdir / group), "topics": list(settings.topics.inputs),
                                   "batch_size": settings.batch_size, "batch_seconds": settings.batch_seconds}))
-    log = open(workdir / f"{group}.log", "w")
-    started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.faust_floor", str(config)], stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    seen, inputs = 0, set(settings.topics.inputs)
-    try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the Faust floor exited ({proc.returncode}): see {log.name}")
-            try:
-                n = committed_offsets(settings.kafka_bootstrap_servers, group, inputs)
-            except Exception:  # the group does not exist before its first commit
-                n = 0
-            advance(max(n - seen, 0))
-            seen = max(n, seen)
-            if n >= total and backlog(settings, group, sorted(inputs)) == 0:
-                break
-            time.sleep(0.5)
-        seconds = time.perf_counter() - started
-    finally:
-        proc.terminate()
-        proc.wait(30)
-        log.close()
+    seconds = run_to_the_end(settings, [sys.executable, "-m", "benchmarks.faust_floor", str(config)], group, total,
+                             workdir / f"{group}.log", advance, "the Faust floor")
     return {"events": total, "seconds": round(seconds, 2), "events_per_s": round(total / seconds)}
 
 

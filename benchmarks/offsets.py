@@ -1,10 +1,17 @@
-"""Offsets the benchmark waits on: how far a topic goes, how far a consumer group is behind."""
+"""Offsets the benchmark waits on: how far a topic goes, how far a consumer group is behind, and a consumer
+process run until its group has committed everything."""
 from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
 
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from streams.config import Settings
+from tests.helpers import committed_offsets
 
 
 def _ends(settings: Settings, topics) -> dict[tuple[str, int], int]:
@@ -31,3 +38,30 @@ def backlog(settings: Settings, group: str, topics=None) -> int:
                  .topic_partitions}
     topics = sorted({t for t, _ in committed}) if topics is None else topics
     return sum(end - committed.get(tp, 0) for tp, end in _ends(settings, topics).items())
+
+
+def run_to_the_end(settings: Settings, command: list[str], group: str, total: int, log: Path,
+                   advance: Callable[[int], None], what: str) -> float:
+    """Run ``command``, a consumer in group ``group``, until the group has committed ``total`` input records and
+    has no backlog on any topic it commits on (its own repartition topics too); stop it. Seconds from its start."""
+    inputs = set(settings.topics.inputs)
+    with open(log, "w") as out:
+        started = time.perf_counter()
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        seen = 0
+        try:
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{what} exited ({proc.returncode}): see {log}")
+                try:
+                    n = committed_offsets(settings.kafka_bootstrap_servers, group, inputs)
+                except Exception:  # the group does not exist before its first commit
+                    n = 0
+                advance(max(n - seen, 0))
+                seen = max(n, seen)
+                if n >= total and backlog(settings, group) == 0:
+                    return time.perf_counter() - started
+                time.sleep(0.5)
+        finally:
+            proc.terminate()
+            proc.wait(30)

@@ -5,18 +5,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 from confluent_kafka import Consumer, TopicPartition
 
-from benchmarks.offsets import backlog
+from benchmarks.offsets import run_to_the_end
 from streams.config import Settings
 from streams.simulator import SimEvent
 from tests.expected import expected_regions
-from tests.helpers import committed_offsets
 
 VERSION = "3.28.1"
 APP = Path(__file__).with_name("quix_app.py")
@@ -71,34 +69,13 @@ def run(settings: Settings, events: list[SimEvent], workdir: Path, advance: Call
     config.write_text(json.dumps({"bootstrap": settings.kafka_bootstrap_servers, "registry": settings.schema_registry_url,
                                   "group": group, "state_dir": str(workdir / group), "output": output,
                                   "inputs": dict(settings.topics.inputs)}))
-    log = open(workdir / f"{group}.log", "w")
-    started = time.perf_counter()
-    proc = subprocess.Popen([str(python), str(APP), str(config)], stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    total, seen, inputs = len(events), 0, set(settings.topics.inputs)
-    try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the Quix Streams peer exited ({proc.returncode}): see {log.name}")
-            try:
-                n = committed_offsets(settings.kafka_bootstrap_servers, group, inputs)
-            except Exception:  # the group does not exist before its first commit
-                n = 0
-            advance(n - seen)
-            seen = n
-            if n >= total and backlog(settings, group) == 0:
-                break
-            time.sleep(0.5)
-        seconds = time.perf_counter() - started
-    finally:
-        proc.terminate()
-        proc.wait(30)
-        log.close()
+    seconds = run_to_the_end(settings, [str(python), str(APP), str(config)], group, len(events),
+                             workdir / f"{group}.log", advance, "the Quix Streams peer")
     from tests.expected import month_number
     regions = last_values(settings, output)
     clock = month_number(max(r["clock"] for r in regions.values()))
     got = {code: comparable(r, clock) for code, r in regions.items()}
     want = {code: {k: v for k, v in region.items() if k != "quota"}
             for code, region in expected_regions(events, scale=settings.target_scale).items()}
-    return {"events": total, "seconds": round(seconds, 2), "events_per_s": round(total / seconds),
+    return {"events": len(events), "seconds": round(seconds, 2), "events_per_s": round(len(events) / seconds),
             "equal_to_fold": got == want, "version": VERSION}
