@@ -46,3 +46,42 @@ def test_registered_gaps_count_as_processed_and_the_rest_waits():
     assert new_offset(books, TP) is None  # 15 still missing
     books._acked[TP].append(15)
     assert new_offset(books, TP) == 17
+
+
+class Seeker:
+    """The parts of faust.transport.consumer.Consumer that the seek fix uses; records its seeks."""
+
+    def __init__(self, assigned, earliest):
+        self._committed_offset = defaultdict(lambda: None)
+        self.assigned, self.earliest, self.seeks = assigned, earliest, []
+
+    def assignment(self):
+        return set(self.assigned)
+
+    def _is_changelog_tp(self, tp):
+        return tp[0].endswith("-changelog")
+
+    async def earliest_offsets(self, *tps):
+        return {tp: self.earliest[tp] for tp in tps}
+
+    async def seek(self, tp, offset):
+        self.seeks.append((tp, offset))
+
+
+def test_uncommitted_partitions_are_read_from_earliest_at_every_seek_until_a_real_commit(monkeypatch):
+    import asyncio
+    from streams import faust_fixes
+
+    async def broker_seek(self):  # Faust's own perform_seek: the broker has no commit for TP
+        pass
+    monkeypatch.setattr(faust_fixes, "_perform_seek", broker_seek)
+    changelog = ("app-participants-changelog", 0)
+    consumer = Seeker([TP, changelog], {TP: 3, changelog: 0})
+    seek = faust_fixes._perform_seek_from_earliest_when_uncommitted
+    asyncio.run(seek(consumer))
+    assert consumer.seeks == [(TP, 3)] and consumer._committed_offset[TP] == 3
+    asyncio.run(seek(consumer))  # a second rebalance before any commit: from the earliest offset again
+    assert consumer.seeks == [(TP, 3), (TP, 3)]
+    consumer._committed_offset[TP] = 7  # a real commit
+    asyncio.run(seek(consumer))
+    assert consumer.seeks == [(TP, 3), (TP, 3)]
