@@ -14,7 +14,7 @@ from confluent_kafka import Consumer, TopicPartition
 from benchmarks.offsets import run_to_the_end
 from streams.config import Settings
 from streams.simulator import SimEvent
-from tests.expected import expected_regions
+from tests.expected import expected_regions, month_number
 
 VERSION = "3.28.1"
 APP = Path(__file__).with_name("quix_app.py")
@@ -71,7 +71,6 @@ def run(settings: Settings, events: list[SimEvent], workdir: Path, advance: Call
                                   "inputs": dict(settings.topics.inputs)}))
     seconds = run_to_the_end(settings, [str(python), str(APP), str(config)], group, len(events),
                              workdir / f"{group}.log", advance, "the Quix Streams peer")
-    from tests.expected import month_number
     regions = last_values(settings, output)
     clock = month_number(max(r["clock"] for r in regions.values()))
     got = {code: comparable(r, clock) for code, r in regions.items()}

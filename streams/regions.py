@@ -39,7 +39,7 @@ def register(topo) -> None:
                 changed = True
                 if not tick:
                     stats["applied"][str(partition)] = [offset, index]
-                if delta["k"] == "tick" and len(stats["wm"]) >= partitions:  # every source partition has a clock
+                if tick and len(stats["wm"]) >= partitions:  # every source partition has a clock
                     transitions += stall.advance(stats, region, min(stats["wm"].values()), settings.stall,
                                                  settings.grace_months, settings.target_scale, end_day)
                 elif delta["k"] == "claim" and delta["status"] == "PAID":

@@ -92,8 +92,9 @@ def upsert(conn: Connection, table: Table, rows: Sequence[dict], *, update: bool
             unique[pk] = row
     rows = list(unique.values())
     columns = list(rows[0])
-    staged = conn.dialect.name == "postgresql" and len(rows) >= COPY_MIN_ROWS
-    insert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
+    on_postgres = conn.dialect.name == "postgresql"
+    staged = on_postgres and len(rows) >= COPY_MIN_ROWS
+    insert = (postgresql.insert if on_postgres else sqlite.insert)(table)
     if staged:
         stage = f"stage_{table.name}"
         conn.execute(text(f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} (LIKE {table.name}) ON COMMIT DELETE ROWS"))
