@@ -42,7 +42,7 @@ class RegionReadModel:
 
     async def run(self) -> None:
         consumer = AIOKafkaConsumer(**self.settings.aiokafka_conf(), enable_auto_commit=False, group_id=None,
-                                    auto_offset_reset="earliest")
+                                    auto_offset_reset="earliest", isolation_level="read_committed")
         await consumer.start()
         try:
             partitions = await self._partitions()
