@@ -32,15 +32,12 @@ _init = Consumer.__init__
 
 async def _perform_seek_from_earliest_when_uncommitted(self: Consumer) -> None:
     await _perform_seek(self)
-    # where the first commit must start (see _new_offset): recorded as the committed offset, but it is ours, not
-    # the broker's — until a real commit replaces it, every later seek (each rebalance) starts there again
-    starts = self.__dict__.setdefault("_earliest_starts", {})
-    uncommitted = [tp for tp in self.assignment() if not self._is_changelog_tp(tp)
-                   and self._committed_offset.get(tp) in (None, starts.get(tp))]
+    uncommitted = [tp for tp in self.assignment()
+                   if not self._is_changelog_tp(tp) and self._committed_offset.get(tp) is None]
     if uncommitted:
         for tp, offset in (await self.earliest_offsets(*uncommitted)).items():
             await self.seek(tp, offset)
-            self._committed_offset[tp] = starts[tp] = offset
+            self._committed_offset[tp] = offset  # the first commit must start from here (see _new_offset)
 
 
 def _new_offset_without_passing_a_hole(self: Consumer, tp) -> int | None:
