@@ -40,8 +40,9 @@ def markdown(r: dict) -> str:
               "", f"Latency, publish → region table visible, offered {lat['offered_per_s']:,}/s "
               f"(achieved {lat['achieved_per_s']:,}/s, {lat['measured']:,} events): p50 {lat['p50_ms']:,} ms, "
               f"p99 {lat['p99_ms']:,} ms.", "",
-              f"Participant-table recovery from the changelog ({rec['participants']:,} keys, "
-              f"{rec['changelog_records']:,} changelog records): {rec['seconds']} s of restoring "
+              f"Recovery from the changelogs, all tables ({rec['participants']:,} participant keys; "
+              f"{rec['changelog_records']:,} records read of {rec.get('changelog_written', 0):,} written, the rest "
+              f"compacted away): {rec['seconds']} s of restoring "
               f"(≈ {rec['records_per_s']:,} changelog records/s; at that rate 1M keys ≈ "
               f"{rec['one_million_keys_s']} s); the whole restart, process start to ready: "
               f"{rec['restart_seconds']} s.", ""]

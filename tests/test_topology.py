@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import json
+import time
 from datetime import datetime, timezone
 import uuid
 from dataclasses import replace
@@ -288,3 +289,30 @@ def test_stall_alerts_equal_the_fold_and_reach_every_channel(run):
     assert "ALERT FIRING CONTRIBUTIONS_STOPPED" in log and "Mahakam Ulu" in log
     blob = json.dumps(worker.webhook.received) + json.dumps([{k: str(v) for k, v in a.items()} for a in alerts])
     assert not niks_in(blob + log, {e.key for e in events})
+
+
+def test_changelogs_are_compacted_with_small_segments(run, kafka):
+    """The worker creates its changelogs compacted, with segments that close early enough for the broker to
+    compact them (a restore then reads about the latest states, not every update): 1 MiB for the region table,
+    which rewrites its whole state per delta, 16 MiB for the others."""
+    from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
+    settings, _, _, _ = run
+    client = AdminClient({"bootstrap.servers": kafka.bootstrap})
+    for table in ("participants", "regions", "watermarks", "clocks"):
+        resource = ConfigResource(ResourceType.TOPIC, f"{settings.app_id}-{table}-changelog")
+        configs = {k: v.value for k, v in client.describe_configs([resource])[resource].result(30).items()}
+        assert configs["cleanup.policy"] == "compact"
+        assert configs["min.cleanable.dirty.ratio"] == "0.1"
+        assert configs["segment.bytes"] == str((1 if table == "regions" else 16) << 20), table
+    # the region changelog saw more than a segment's worth of whole-state updates: the broker compacted it
+    from kafka import KafkaConsumer, TopicPartition
+    changelog = settings.regions_changelog
+    consumer = KafkaConsumer(bootstrap_servers=kafka.bootstrap)
+    written = sum(consumer.end_offsets([TopicPartition(changelog, p) for p in range(3)]).values())
+    consumer.close()
+    deadline = time.monotonic() + 60
+    while len(records := read_all(kafka.bootstrap, changelog)) > written / 2 and time.monotonic() < deadline:
+        time.sleep(1)
+    assert len(records) <= written / 2, f"{len(records)} of {written} region changelog records still there"
+    latest = {json.loads(r.key): json.loads(r.value) for r in records}  # a restore's view: the newest per key
+    assert set(latest) == set(run[2].regions()) and len(latest) == 10
