@@ -2,6 +2,7 @@
 the accounting invariant, no NIK in internal topics, and recovery from changelogs after a restart."""
 from __future__ import annotations
 
+import asyncio
 import collections
 import json
 import time
@@ -316,3 +317,18 @@ def test_changelogs_are_compacted_with_small_segments(run, kafka):
     assert len(records) <= written / 2, f"{len(records)} of {written} region changelog records still there"
     latest = {json.loads(r.key): json.loads(r.value) for r in records}  # a restore's view: the newest per key
     assert set(latest) == set(run[2].regions()) and len(latest) == 10
+
+
+def test_worker_consumer_fetches_a_bounded_amount_per_partition(kafka, registry, tmp_path):
+    """Faust's own driver builds the worker's aiokafka consumer with the configured per-partition fetch size (what a
+    backlog holds buffered per partition), not Faust's 1 MiB."""
+    from streams.app import create_app
+    settings = Settings(kafka_bootstrap_servers=kafka.bootstrap, schema_registry_url=registry.url,
+                        state_dir=tmp_path / "state", app_id=unique("app-"), consumer_max_fetch_kb=192)
+    app = create_app(settings).app
+
+    async def fetch_size() -> int:  # aiokafka objects are made inside an event loop (not started: no connection)
+        consumer = app.consumer._thread._create_worker_consumer(app.transport)
+        await consumer.stop()
+        return consumer._max_partition_fetch_bytes
+    assert asyncio.run(fetch_size()) == 192 << 10
