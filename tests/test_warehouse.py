@@ -175,6 +175,19 @@ def test_sink_writes_exact_facts_and_redelivery_adds_nothing(published, warehous
     assert row[0].encode() in records[(row[1], row[2], row[3])].value
 
 
+def test_a_written_batch_is_committed_without_waiting_for_the_next(published, warehouse_url, tmp_path):
+    """The whole backlog is one batch (batch size = its records) and the linger is long: the batch is written and
+    its offsets committed then, not once a next batch has been collected (a linger later on a quiet stream)."""
+    base, events = published
+    settings = sink_settings(base, warehouse_url, sink_batch_size=len(events), sink_linger_seconds=600.0)
+    sink = Sink(settings, tmp_path / "sink.log")
+    try:
+        sink.start()
+        wait_facts(sink, warehouse_url, expected_facts(events), len(events), timeout=90)
+    finally:
+        sink.stop()
+
+
 def test_postgres_outage_mid_run_loses_nothing(published, postgres, tmp_path):
     """Stop PostgreSQL while the sink runs, publish more, start it again: complete, exact, nothing committed early."""
     base, first = published

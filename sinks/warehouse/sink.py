@@ -5,7 +5,7 @@ collected by size (``SINK_BATCH_SIZE``) and time (``SINK_LINGER_SECONDS``), writ
 with idempotent upserts keyed on ``event_id``, and only then are their offsets committed. While the database is
 down the same batch is retried with capped exponential backoff; nothing is committed past unwritten data, so a
 crash at any point re-delivers at most the uncommitted batches, which the upserts absorb. The next batch is read
-and turned into rows while the previous one is written (one batch ahead, at most).
+and turned into rows while the previous one is written and committed (one batch ahead, at most).
 
 Records that fail decoding or validation are skipped here (counted as ``skipped_invalid``): the stream worker
 dead-letters them with the reason, and one dead letter per bad record is enough.
@@ -54,18 +54,19 @@ class WarehouseSink:
         helpers = [asyncio.create_task(self.read_model.run()), asyncio.create_task(self._snapshots())]
         log.info("warehouse sink consuming %s as group %s into %s", ", ".join(self.record_names), s.sink_group_id,
                  self.engine.url.render_as_string(hide_password=True))
-        pending = None  # (the database write of the previous batch, its records): runs while the next is read
+        pending = None  # the previous batch's write and then its commit: runs while the next batch is read
         try:
             while True:
                 batch = await self._collect(consumer)
-                table_rows = await self._rows(batch) if batch else None
+                if not batch:
+                    continue
+                table_rows = await self._rows(batch)
                 if pending is not None:
-                    await pending[0]
-                    await self._commit(consumer, pending[1])
-                    pending = None
-                if batch:
-                    pending = (asyncio.create_task(self._write(table_rows)), batch)
+                    await pending  # one batch in flight at most; commits stay in batch order
+                pending = asyncio.create_task(self._write_and_commit(consumer, table_rows, batch))
         finally:
+            if pending is not None:
+                pending.cancel()
             for task in helpers:
                 task.cancel()
             await consumer.stop()
@@ -127,6 +128,13 @@ class WarehouseSink:
         with self.engine.begin() as conn:
             for table, table_rows in batch.items():
                 db.upsert(conn, table, table_rows, **UPSERT[table])
+
+    async def _write_and_commit(self, consumer: AIOKafkaConsumer, table_rows: dict[Table, list[dict]],
+                                batch: list) -> None:
+        """Written, then committed at once (not when the next batch is in: on a quiet stream that would hold the
+        commit back a whole linger)."""
+        await self._write(table_rows)
+        await self._commit(consumer, batch)
 
     @staticmethod
     async def _commit(consumer: AIOKafkaConsumer, batch: list) -> None:
