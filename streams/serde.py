@@ -101,6 +101,7 @@ class AvroSerde:
         self._schemas = dict(contract_schemas()) | (schemas or {})
         self._readers = {name: _parse(schema) for name, schema in self._schemas.items()}
         self._writers: dict[int, dict] = {}
+        self._resolution: dict[tuple[int, str], dict | None] = {}  # (writer id, record name) -> reader schema
         self._ids: dict[tuple[str, str], int] = {}
 
     # -- producing ------------------------------------------------------------------------------
@@ -141,9 +142,13 @@ class AvroSerde:
         Raises DecodeError (dead-letter it) or RegistryUnavailable (retry later)."""
         schema_id, body = unframe(data)
         writer = self.writer_schema(schema_id)
+        reader = self._resolution.get((schema_id, record_name), False)
+        if reader is False:  # None: written with our own schema, nothing to resolve (fastavro re-compares per call)
+            reader = self._resolution[schema_id, record_name] = \
+                None if writer == self._readers[record_name] else self._readers[record_name]
         stream = io.BytesIO(body)
         try:
-            record = fastavro.schemaless_reader(stream, writer, self._readers[record_name])
+            record = fastavro.schemaless_reader(stream, writer, reader)
         except fastavro.read.SchemaResolutionError as exc:
             raise DecodeError("schema_mismatch", f"schema id {schema_id} cannot be read as {record_name}: {exc}") from None
         except Exception as exc:  # truncated or garbage body: EOFError, UnicodeDecodeError, IndexError, ...
