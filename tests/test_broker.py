@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 
-import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition as AioTP
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType

@@ -3,11 +3,9 @@ incompatible changes are refused; compatible evolution works both ways; schemas 
 from __future__ import annotations
 
 import copy
-import io
 import json
 import uuid
 
-import fastavro
 import pytest
 import requests
 from confluent_kafka import Producer
@@ -17,7 +15,7 @@ from confluent_kafka.schema_registry.error import SchemaRegistryError
 from confluent_kafka.serialization import MessageField, SerializationContext, StringSerializer
 
 from streams.launcher import SchemaRegistry
-from streams.serde import AvroSerde, contract_schemas, frame
+from streams.serde import AvroSerde, contract_schemas
 from tests.helpers import read_all
 
 REGISTRATION = {

@@ -7,9 +7,8 @@ import functools
 import pytest
 
 from streams.reference import regions
-from streams.serde import AvroSerde
 from streams.simulator import Scenario
-from streams.simulator.publish import Publisher, run_simulation
+from streams.simulator.publish import run_simulation
 from streams.validation import Invalid, check
 from streams.serde import DecodeError
 from tests.helpers import read_all
@@ -99,7 +98,6 @@ def test_samarinda_goes_over_its_quota():
 
 
 def test_lapses_and_reactivations_happen():
-    sc = Scenario.load()
     paid = collections.defaultdict(set)
     for e in default_events():
         if e.record_name == "Contribution":

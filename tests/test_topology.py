@@ -8,7 +8,6 @@ import json
 import time
 from datetime import datetime, timezone
 import uuid
-from dataclasses import replace
 
 import pytest
 

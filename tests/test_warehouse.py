@@ -7,7 +7,6 @@ import hashlib
 import hmac
 import re
 import time
-from pathlib import Path
 
 import pytest
 from confluent_kafka import TopicPartition as CKTopicPartition
