@@ -8,9 +8,9 @@ partitions (cf. faust-streaming #629/#471)."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 
+import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
@@ -59,11 +59,11 @@ class RegionReadModel:
                 # compacted in memory: of a key's records in one fetch only the newest is decoded
                 newest = {m.key: m.value for messages in fetched.values() for m in messages}
                 for key, value in newest.items():
-                    code = json.loads(key)
+                    code = orjson.loads(key)
                     if value is None:
                         self.stats.pop(code, None)
                     else:
-                        self.stats[code] = json.loads(value)
+                        self.stats[code] = orjson.loads(value)
                 if not self.ready.is_set() and all(await self._caught_up(consumer, ends)):
                     log.info("read model caught up with %s: %d regions", self.topic, len(self.stats))
                     self.ready.set()
