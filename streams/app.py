@@ -19,6 +19,7 @@ import faust
 
 from streams.config import Settings
 from streams.serde import AvroSerde
+from streams.topics import CHANGELOG_CONFIG, WHOLE_STATE_CHANGELOG_CONFIG
 
 
 @dataclass
@@ -84,11 +85,14 @@ def create_app(settings: Settings) -> Topology:
                                      value_serializer="json", internal=True),
         region_deltas=app.topic(f"{settings.app_id}-region-deltas", key_type=str,
                                 value_serializer="json", internal=True),
-        participants=app.Table("participants", default=None, key_type=str, options=options),
-        regions=app.Table("regions", default=None, key_type=str, options=options),
+        participants=app.Table("participants", default=None, key_type=str, options=options,
+                               extra_topic_configs=CHANGELOG_CONFIG),
+        regions=app.Table("regions", default=None, key_type=str, options=options,
+                          extra_topic_configs=WHOLE_STATE_CHANGELOG_CONFIG),
         read_model=None,
-        watermarks=app.Table("watermarks", default=None, key_type=str, options=options),
-        clocks=app.Table("clocks", default=None, key_type=str, options=options),
+        watermarks=app.Table("watermarks", default=None, key_type=str, options=options,
+                             extra_topic_configs=CHANGELOG_CONFIG),
+        clocks=app.Table("clocks", default=None, key_type=str, options=options, extra_topic_configs=CHANGELOG_CONFIG),
         region_alerts=app.topic(t.region_alerts, key_type=bytes, value_type=bytes, key_serializer="raw",
                                 value_serializer="raw"),
         pseudonym_key=key,

@@ -23,17 +23,19 @@ def admin(settings: Settings) -> AdminClient:
 # default: until then a restore reads every update ever written. The region table writes its whole state
 # (kilobytes, tens of them while a backlog's clock lags) for each delta message, for just 10 keys; its segments
 # close at 1 MiB (Kafka 4's least) so a restore reads about that much per partition. Other tables: 16 MiB.
-# A tenth of dirty records already makes a log cleanable (default: half).
+# A tenth of dirty records already makes a log cleanable (default: half). Tables declare these as Faust's
+# ``extra_topic_configs`` (streams/app.py), which become their changelog topic's config.
 CHANGELOG_CONFIG = {"cleanup.policy": "compact", "segment.bytes": str(16 << 20), "min.cleanable.dirty.ratio": "0.1"}
-SMALL_CHANGELOG_CONFIG = CHANGELOG_CONFIG | {"segment.bytes": str(1 << 20)}
+WHOLE_STATE_CHANGELOG_CONFIG = CHANGELOG_CONFIG | {"segment.bytes": str(1 << 20)}
 REPARTITION_CONFIG = {"cleanup.policy": "delete", "retention.ms": str(7 * 86_400_000)}
 
 
 def app_topics(topo) -> dict[str, dict[str, str]]:
-    """The worker's own topics: repartition topics and one compacted changelog per table."""
+    """The worker's own topics: repartition topics and one compacted changelog per table (with its table's
+    topic config)."""
     wanted = {topic.get_topic_name(): REPARTITION_CONFIG for topic in (topo.participant_events, topo.region_deltas)}
-    return wanted | {table.changelog_topic.get_topic_name(): SMALL_CHANGELOG_CONFIG if table is topo.regions
-                     else CHANGELOG_CONFIG for table in topo.app.tables.values()}
+    return wanted | {table.changelog_topic.get_topic_name(): dict(table.changelog_topic.config)
+                     for table in topo.app.tables.values()}
 
 
 def ensure_topics(settings: Settings, timeout: float = 30, extra: dict[str, dict[str, str]] | None = None) -> list[str]:
