@@ -142,10 +142,10 @@ class AvroSerde:
         Raises DecodeError (dead-letter it) or RegistryUnavailable (retry later)."""
         schema_id, body = unframe(data)
         writer = self.writer_schema(schema_id)
-        reader = self._resolution.get((schema_id, record_name), False)
-        if reader is False:  # None: written with our own schema, nothing to resolve (fastavro re-compares per call)
-            reader = self._resolution[schema_id, record_name] = \
-                None if writer == self._readers[record_name] else self._readers[record_name]
+        if (schema_id, record_name) not in self._resolution:  # None: our own schema, nothing to resolve
+            reader = self._readers[record_name]  # (fastavro would compare writer and reader on every call)
+            self._resolution[schema_id, record_name] = None if writer == reader else reader
+        reader = self._resolution[schema_id, record_name]
         stream = io.BytesIO(body)
         try:
             record = fastavro.schemaless_reader(stream, writer, reader)
