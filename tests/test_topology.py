@@ -308,7 +308,8 @@ def test_changelogs_are_compacted_with_small_segments(run, kafka):
     from kafka import KafkaConsumer, TopicPartition
     changelog = settings.regions_changelog
     consumer = KafkaConsumer(bootstrap_servers=kafka.bootstrap)
-    written = sum(consumer.end_offsets([TopicPartition(changelog, p) for p in range(3)]).values())
+    written = sum(consumer.end_offsets([TopicPartition(changelog, p)
+                                        for p in range(settings.topic_partitions)]).values())
     consumer.close()
     deadline = time.monotonic() + 60  # (how much goes depends on how many segments closed: CI kept 678 of 1247)
     while len(records := read_all(kafka.bootstrap, changelog)) >= written and time.monotonic() < deadline:
