@@ -64,6 +64,9 @@ class WarehouseSink:
                 if pending is not None:
                     await pending  # one batch in flight at most; commits stay in batch order
                 pending = asyncio.create_task(self._write_and_commit(consumer, table_rows, batch))
+                # let the write start (its thread) now: reading the next batch need not suspend, and the task
+                # would otherwise first run at the ``await pending`` above, one batch later: no overlap at all
+                await asyncio.sleep(0)
         finally:
             if pending is not None:
                 pending.cancel()
