@@ -65,7 +65,7 @@ def run(settings: Settings, total: int, workdir: Path, advance: Callable[[int], 
 def restore(settings: Settings, options: dict, workdir: Path) -> dict:
     """The stateful floor restarted on an empty state directory: the seconds between Faust's "Restoring state
     from changelog topics" and "Recovery complete", and the changelog records that restore read."""
-    from benchmarks.ours import log_time
+    from benchmarks.ours import restore_seconds
     present = records_present(settings, [f"{options['group']}-floor-changelog"])
     config = workdir / f"{options['group']}-restore.json"
     config.write_text(json.dumps({**options, "datadir": str(workdir / f"{options['group']}-restore"),
@@ -83,7 +83,7 @@ def restore(settings: Settings, options: dict, workdir: Path) -> dict:
         finally:
             proc.terminate()
             proc.wait(30)
-    seconds = (log_time(log, "Recovery complete") - log_time(log, "Restoring state from changelog")).total_seconds()
+    seconds = restore_seconds(log)
     return {"seconds": round(seconds, 2), "changelog_records": present,
             "records_per_s": round(present / max(seconds, 0.001))}
 

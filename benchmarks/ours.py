@@ -83,6 +83,12 @@ def log_time(log: Path, text: str) -> datetime:
     raise ValueError(f"{text!r} not in {log}")
 
 
+def restore_seconds(log: Path) -> float:
+    """How long Faust restored tables, by its own log lines: "Restoring state from changelog topics" to
+    "Recovery complete"."""
+    return (log_time(log, "Recovery complete") - log_time(log, "Restoring state from changelog")).total_seconds()
+
+
 def recovery(settings: Settings, workdir: Path) -> dict:
     """A worker with an empty state directory restores every table from the changelogs (all of them: Faust
     restores them together; the participant table is most of the records): the time between
@@ -99,7 +105,7 @@ def recovery(settings: Settings, workdir: Path) -> dict:
     worker.wait(lambda: "Recovery complete" in log.read_text(errors="replace"), 1800, "recovery")
     restart = time.perf_counter() - started
     worker.stop()
-    seconds = (log_time(log, "Recovery complete") - log_time(log, "Restoring state from changelog")).total_seconds()
+    seconds = restore_seconds(log)
     return {"seconds": round(seconds, 2), "restart_seconds": round(restart, 2),
             "participant_changelog_written": end_offsets(settings, changelogs[:1]),
             "changelog_records": present, "changelog_written": end_offsets(settings, changelogs)}
