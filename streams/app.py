@@ -2,7 +2,7 @@
 
 Flow (one module per stage):
   input topics (NIK-keyed, framed Avro)
-    └─ ingest.py       decode · validate · late check · pseudonymise ─▶ dead-letter topic
+    └─ ingest.py       decode · validate · pseudonymise · partition clock (late counted) ─▶ dead-letter topic
          └─▶ <app>-participant-events (keyed by participant_key, JSON, no NIK)
               └─ participants.py  participant table: dedup, paid-through, registration
                    └─▶ <app>-region-deltas (keyed by region code)

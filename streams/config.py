@@ -93,7 +93,8 @@ class Settings(BaseSettings):
     web_port: int = 6066
     metrics_port: int = 9108
     grace_months: int = Field(3, ge=0, description="complete unpaid months before a participant counts as lapsed")
-    allowed_lateness_days: float = Field(45, ge=0, description="older than the stream clock by more: dead-letter 'late'")
+    allowed_lateness_days: float = Field(45, ge=0, description="behind its partition's clock by more: "
+                                         "counted as late (still applied; docs/domain.md)")
     max_future_days: float = Field(1, ge=0, description="event time ahead of the wall clock by more: dead-letter "
                                    "'invalid_timestamp' (the demo's simulator runs ahead of real time: raised there)")
     target_scale: float = Field(1.0, gt=0, description="multiply targets/quotas (a scaled-down simulation uses <1)")

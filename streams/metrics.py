@@ -4,6 +4,8 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 EVENTS = Counter("jamsostek_events", "Consumed input records by outcome", ["topic", "outcome"])
+LATE_EVENTS = Counter("jamsostek_late_events", "Valid records read more than ALLOWED_LATENESS_DAYS behind their "
+                      "partition's clock: counted in the tables like any other", ["topic"])
 DEAD_LETTERS = Counter("jamsostek_dead_letter", "Records sent to the dead-letter topic", ["reason"])
 REGISTERED = Gauge("jamsostek_region_registered", "Registered participants", ["region"])
 ACTIVE = Gauge("jamsostek_region_active", "Active (paid-up within grace) participants", ["region"])

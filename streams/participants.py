@@ -11,34 +11,13 @@ from __future__ import annotations
 import collections
 import time
 
-from streams import rules
+from streams import clock as clocks, rules
 from streams.metrics import EVENTS
 from streams.reference import regions as reference_regions
 from streams.topics import send_batch
 
 
 STARTED = time.time()  # sources restored from the changelog count as moving for a while after a (re)start
-
-
-def fold_tick(topo, clock: dict | None, tick: dict) -> tuple[dict, int | None]:
-    """Fold a source partition's watermark into this partition's clock. Returns (clock, the new low watermark
-    when it enters a new day, else None): that is passed on to every region, behind this partition's deltas.
-
-    Every input partition counts as a source from the start, so the clock does not run ahead on the partitions
-    that happen to be read first; one that never ticks (empty) or stops ticking is idle after
-    ``clock_idle_seconds``. A tick without a source is the periodic re-check that notices idleness."""
-    now = time.time()
-    clock = clock or {"src": {}, "sent": 0, "since": now}
-    sources = {src: (mark, max(seen, STARTED)) for src, (mark, seen) in clock["src"].items()}
-    if tick["src"] is not None and tick["at"] > sources.get(tick["src"], (0, 0))[0]:
-        sources[tick["src"]] = (tick["at"], now)
-    since = max(clock["since"], STARTED)
-    not_yet = [(0, since) for src in topo.input_partitions if src not in sources]
-    low = rules.low_watermark([*sources.values(), *not_yet], now, topo.settings.clock_idle_seconds)
-    sent, forward = clock["sent"], None
-    if low // rules.DAY_MS > sent // rules.DAY_MS:
-        sent = forward = low
-    return {"src": sources, "sent": sent, "since": since}, forward
 
 
 def register(topo) -> None:
@@ -62,7 +41,10 @@ def register(topo) -> None:
             index = 0
             for value in event.value["events"]:
                 if value["kind"] == "Tick":
-                    clock, forward = fold_tick(topo, clock or topo.clocks.get(str(partition)), value)
+                    now = time.time()
+                    clock, forward = clocks.fold_source_tick(
+                        clock or clocks.SourceClock.from_stored(topo.clocks.get(str(partition)), now), value["src"],
+                        value["at"], topo.input_partitions, now, STARTED, topo.settings.clock_idle_seconds)
                     if forward is not None:
                         for code in codes:
                             deltas[code].append({"k": "tick", "at": forward, "src": [partition, offset, index]})
@@ -86,6 +68,6 @@ def register(topo) -> None:
             for key, state in states.items():
                 topo.participants[key] = state
             if clock is not None:
-                topo.clocks[str(partition)] = clock
+                topo.clocks[str(partition)] = clock.stored()
             for (topic, outcome), n in outcomes.items():
                 EVENTS.labels(topic, outcome).inc(n)

@@ -15,6 +15,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from streams import rules
+from streams.clock import stream_clock
 from streams.config import Settings
 from streams.reference import regions as reference_regions
 
@@ -34,8 +35,7 @@ class RegionReadModel:
         While one region is still catching up, the others are not aged past what it has seen."""
         ref = reference_regions()
         stats = {code: self.stats.get(code) for code in ref}
-        lows = [min(s["wm"].values()) for s in stats.values() if s and s["wm"]]
-        clock = min(lows, default=0)
+        clock = stream_clock(s["wm"] for s in stats.values() if s)
         s = self.settings
         return [rules.region_view(region, stats[code], clock, s.grace_months, s.target_scale)
                 for code, region in ref.items()]

@@ -6,7 +6,7 @@ region's state, written once."""
 from __future__ import annotations
 
 from sinks import alerts
-from streams import rules, stall
+from streams import clock, rules, stall
 from streams.metrics import CLAIMS_PAID
 from streams.reference import reference
 
@@ -39,9 +39,10 @@ def register(topo) -> None:
                 changed = True
                 if not tick:
                     stats["applied"][str(partition)] = [offset, index]
-                if tick and len(stats["wm"]) >= partitions:  # every source partition has a clock
-                    transitions += stall.advance(stats, region, min(stats["wm"].values()), settings.stall,
-                                                 settings.grace_months, settings.target_scale, end_day)
+                low = clock.region_low(stats["wm"], partitions) if tick else None
+                if low is not None:
+                    transitions += stall.advance(stats, region, low, settings.stall, settings.grace_months,
+                                                 settings.target_scale, end_day)
                 elif delta["k"] == "claim" and delta["status"] == "PAID":
                     paid.append(delta)
             if not changed:

@@ -9,12 +9,12 @@ import hmac
 import marshal
 from datetime import datetime, timezone
 
-from streams import stall
-from streams.stall import DAY_MS
+from streams import clock, stall
 from streams.reference import Region
 
 SEEN_LIMIT = 256  # event-id hashes kept per participant for dedup (~20 years of monthly payments)
 PROGRAMME_COHORTS = ("VULNERABLE_WORKER", "NON_CIVIL_SERVANT")
+COUNTED = ("reg", "contrib", "claim")  # one per applied event: the delta that carries its late flag
 
 
 # -- pseudonyms and periods -------------------------------------------------------------------------
@@ -25,17 +25,6 @@ def participant_key(nik: str, key: bytes) -> str:
 
 def event_hash(event_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "big", signed=True)
-
-
-def low_watermark(sources, now: float, idle_seconds: float) -> int:
-    """The stream clock over several sources, each ``(watermark, wall time it last advanced)``: the slowest
-    source that is still moving. A source that has not advanced for ``idle_seconds`` (a sparse partition, a
-    publisher gone quiet) is idle and not waited for; when all are idle, the clock is the most advanced one.
-    Idleness is judged by wall time, as in Flink's ``withIdleness``: in a replay every source keeps moving, so
-    the clock waits for the slowest and the result does not depend on how partitions interleave."""
-    sources = list(sources)
-    moving = [mark for mark, seen in sources if now - seen < idle_seconds]
-    return min(moving) if moving else max(mark for mark, _ in sources)
 
 
 def period_index(period: str) -> int:
@@ -95,6 +84,10 @@ def apply_event(state: dict | None, kind: str, event: dict) -> tuple[dict, list[
     elif kind == "Claim":
         deltas.append({"k": "claim", "region": region, "program": event["program"], "status": event["status"],
                        "amount": event["amount_idr"], "at": at})
+    if event.get("late"):
+        for delta in deltas:
+            if delta["k"] in COUNTED:
+                delta["late"] = 1
     return state, deltas, False
 
 
@@ -104,7 +97,9 @@ def new_region() -> dict:
             "contrib": [0, 0], "clock": 0, "last_registration": 0, "applied": {},
             # stall detection (streams/stall.py): low watermark per source partition, evaluation state
             "wm": {}, "evaluated": None, "first_day": None, "days": {}, "recent": {}, "active_series": [],
-            "alerts": {}, "forecast_fill_day": None}
+            "alerts": {}, "forecast_fill_day": None,
+            # late data (docs/domain.md): events read late at ingest; events of days already evaluated
+            "late": 0, "corrections": 0}
 
 
 def _inc(d: dict, key: str, by: int = 1) -> None:
@@ -134,6 +129,11 @@ def apply_delta_in_place(stats: dict, delta: dict, region: Region, target_scale:
         stats["wm"][source] = max(stats["wm"].get(source, 0), delta["at"])
         return
     stats["clock"] = max(stats["clock"], delta["at"])
+    if kind in COUNTED:
+        if delta.get("late"):
+            stats["late"] = stats.get("late", 0) + 1
+        if clock.is_correction(delta["at"], stats["evaluated"]):
+            stats["corrections"] = stats.get("corrections", 0) + 1
     stall.record(stats, delta)
     if kind == "reg":
         cohort, funding = delta["cohort"], delta["funding"]
@@ -201,4 +201,5 @@ def region_view(region: Region, stats: dict | None, clock_ms: int, grace_months:
         "evaluated_through": stall.iso_day(stats["evaluated"]) if stats["evaluated"] is not None else None,
         "evaluating_since": stall.iso_day(stats["first_day"] + 1) if stats["first_day"] is not None else None,
         "last_event_at": stats["clock"] or None, "last_registration_at": stats["last_registration"] or None,
+        "late": {"events": stats.get("late", 0), "corrections": stats.get("corrections", 0)},
     }

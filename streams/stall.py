@@ -20,9 +20,9 @@ from datetime import datetime, timezone
 
 from pydantic import BaseModel, ConfigDict
 
+from streams.clock import DAY_MS, day_of
 from streams.reference import Region
 
-DAY_MS = 86_400_000
 MAX_CATCH_UP_DAYS = 400  # a clock jump longer than this evaluates only its last days
 SEVERITY = {"NO_REGISTRATIONS": "WARNING", "PACE_BELOW_TARGET": "INFO", "COVERAGE_FALLING": "CRITICAL",
             "CONTRIBUTIONS_STOPPED": "CRITICAL"}
@@ -48,10 +48,6 @@ class StallRules(BaseModel):
     def history_days(self) -> int:
         return max(self.no_registration_days, self.pace_window_days, self.coverage_window_days,
                    self.no_contribution_days)
-
-
-def day_of(ms: int) -> int:
-    return ms // DAY_MS
 
 
 def iso_day(day: int) -> str:

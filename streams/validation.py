@@ -57,7 +57,7 @@ def _common(record: dict, latest_ms: int | None) -> None:
     if record["occurred_at"] < EARLIEST_EVENT_MS:
         raise Invalid("invalid_timestamp", "occurred_at is before 2014-01-01, when BPJS Ketenagakerjaan began")
     if latest_ms is not None and record["occurred_at"] > latest_ms:
-        # one far-future record would move its partition's clock ahead and make every later record 'late'
+        # an event that has not happened yet is not a fact (a wrong device clock, a test record): invalid
         raise Invalid("invalid_timestamp", "occurred_at is in the future (beyond MAX_FUTURE_DAYS)")
 
 

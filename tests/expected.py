@@ -18,10 +18,11 @@ def period_number(period: str) -> int:
     return int(y) * 12 + int(m)
 
 
-def expected_regions(events, grace_months: int = 3, scale: float = 1.0) -> dict[str, dict]:
-    """``events``: SimEvents; only those with expect == 'processed' count."""
+def expected_regions(events, grace_months: int = 3, scale: float = 1.0, clock_ms: int | None = None) -> dict[str, dict]:
+    """``events``: SimEvents; only those with expect == 'processed' count. ``clock_ms``: the stream clock the
+    figures are read at (default: the latest event time)."""
     applied = [e for e in events if e.expect == "processed"]
-    clock = month_number(max(e.occurred_at for e in applied))
+    clock = month_number(clock_ms if clock_ms is not None else max(e.occurred_at for e in applied))
     people: dict[str, dict] = {}
     paid: dict[str, int] = defaultdict(int)
     claims = defaultdict(lambda: [0, 0])
@@ -109,3 +110,19 @@ def expected_alerts(events, scale: float, first_days: dict[str, int], until_day:
             stats[delta["region"]] = rules.apply_delta(stats[delta["region"]], delta, ref.regions[delta["region"]],
                                                        scale)
     return sorted(out)
+
+
+def partition_clocks(times_by_partition: dict, lateness_ms: int) -> tuple[int, list]:
+    """Written from the rule in docs/domain.md, not from streams/clock.py: per partition (event times in offset
+    order) the clock is the highest time two consecutive records both reached, and a record more than
+    ``lateness_ms`` behind the clock before it is late. Returns (the most advanced partition clock, the
+    (partition, index) of every late record)."""
+    front, late = 0, []
+    for partition, times in times_by_partition.items():
+        clock = previous = 0
+        for i, at in enumerate(times):
+            if clock - at > lateness_ms:
+                late.append((partition, i))
+            clock, previous = max(clock, min(previous, at)), at
+        front = max(front, clock)
+    return front, late

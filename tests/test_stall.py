@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 from datetime import datetime, timezone
 
-import pytest
 from hypothesis import given, settings, strategies as st
 
 from streams import rules, stall
@@ -166,10 +165,29 @@ def test_alert_ids_are_stable_and_carry_no_personal_data():
     assert all("Kutai Barat" in a["summary"] for a in alerts)
 
 
-@pytest.mark.parametrize("sources,low", [
-    ([(5, 99), (7, 99), (9, 99)], 5),  # all moving: the slowest
-    ([(5, 10), (7, 99), (9, 99)], 7),  # the slowest has not moved for 90 s: idle, not waited for
-    ([(5, 10), (7, 20), (9, 30)], 9),  # all idle: the front
-])
-def test_low_watermark_waits_for_the_slowest_moving_source(sources, low):
-    assert rules.low_watermark(sources, now=100, idle_seconds=30) == low
+def test_a_late_event_is_a_correction_not_a_revision_of_evaluated_days():
+    """docs/domain.md "Late data": an event of a day already evaluated is applied to every figure and counted as
+    a correction; the transitions already emitted stand, and later evaluations see it inside their windows."""
+    deltas = [reg(d) for d in range(10)] + [contrib(d) for d in range(0, 60, 5)]
+    on_time = run(deltas, 30)
+    assert ("NO_REGISTRATIONS", "FIRING", iso(26)) in on_time  # day 9 last; window [10, 23] empty on day 24
+    stats, fired = None, []
+    for day in range(31):  # the same days, the same way as run(): day 30 evaluated
+        for d in (d for d in deltas if d["at"] // DAY_MS - DAY0 == day):
+            stats = rules.apply_delta(stats, d, REGION, SCALE)
+        stats = rules.apply_delta(stats, {"k": "tick", "at": (DAY0 + day) * DAY_MS, "src": [0, day, 0]}, REGION, SCALE)
+        fired += stall.advance(stats, REGION, (DAY0 + day) * DAY_MS, RULES, 3, SCALE, END_DAY)
+    assert [(a["kind"], a["status"]) for a in fired if a["kind"] == "NO_REGISTRATIONS"] == [
+        ("NO_REGISTRATIONS", "FIRING")]
+    registered = rules.region_view(REGION, stats, (DAY0 + 30) * DAY_MS, 3, SCALE)["registered"]
+    late = {**reg(25), "late": 1}  # a registration of day 25 arriving after day 30 was evaluated
+    stats = rules.apply_delta(stats, late, REGION, SCALE)
+    view = rules.region_view(REGION, stats, (DAY0 + 30) * DAY_MS, 3, SCALE)
+    assert view["registered"] == registered + 1  # counted
+    assert view["late"] == {"events": 1, "corrections": 1}
+    assert view["stalled"]  # no revision of what was evaluated ...
+    later = []
+    for day in range(31, 36):  # ... but the next days' windows hold it: clear for 3 days resolves
+        later += stall.advance(stats, REGION, (DAY0 + day) * DAY_MS, RULES, 3, SCALE, END_DAY)
+    assert [(a["kind"], a["status"], stall.iso_day(a["occurred_at"] // DAY_MS)) for a in later
+            if a["kind"] == "NO_REGISTRATIONS"] == [("NO_REGISTRATIONS", "RESOLVED", iso(33))]

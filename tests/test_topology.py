@@ -30,13 +30,13 @@ def scenario_events(months: int = 8) -> list[SimEvent]:
 
 def with_late_and_out_of_order(events: list[SimEvent]) -> list[SimEvent]:
     """Two hand-made contributions after the stream: one 60 days behind the clock (beyond the 45-day allowed
-    lateness: dead letter 'late'), one 10 days behind (applied)."""
+    lateness: counted as late, applied like any other), one 10 days behind (not late)."""
     end = max(e.occurred_at for e in events)
     registered = [e for e in events if e.record_name == "Registration" and e.expect == "processed"]
     who_late, who_ok = registered[0], registered[1]
     base = {"region_code": who_late.record["region_code"], "amount_idr": 16_800, "funding_source": "APBD_PROVINCE"}
     late = SimEvent("Contribution", who_late.key, {**base, "event_id": str(uuid.uuid4()), "occurred_at": end - 60 * DAY,
-                                                   "nik": who_late.key, "period": "2099-01"}, "dead_letter", "late")
+                                                   "nik": who_late.key, "period": "2025-07"})
     ok = SimEvent("Contribution", who_ok.key, {**base, "region_code": who_ok.record["region_code"],
                                                "event_id": str(uuid.uuid4()), "occurred_at": end - 10 * DAY,
                                                "nik": who_ok.key, "period": "2025-06"})
@@ -115,7 +115,13 @@ def test_accounting_invariant_and_dead_letter_reasons(run):
     metric = {dict(labels)["reason"]: value for (name, labels), value in worker.metrics().items()
               if name == "jamsostek_dead_letter_total"}
     assert metric == reasons
-    assert reasons["late"] == 1
+    assert "late" not in reasons  # late data is data
+    late = {dict(labels)["topic"]: value for (name, labels), value in worker.metrics().items()
+            if name == "jamsostek_late_events_total"}
+    assert late == {settings.topics.contributions: 1}, late
+    regions = worker.regions()
+    assert sum(r["late"]["events"] for r in regions.values()) == 1
+    assert regions[events[-2].record["region_code"]]["late"]["events"] == 1
 
 
 def test_dead_letters_keep_original_bytes_and_context_headers(run):
