@@ -64,3 +64,14 @@ def warehouse_url(request, tmp_path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'warehouse.db'}"
     return request.getfixturevalue("postgres").create_database(unique("wh"))
+
+
+SERVICES = {"kafka", "registry", "postgres", "own_broker"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """``-m unit``: every test whose fixtures (followed all the way down) start no broker, registry or PostgreSQL
+    (`make unit`: seconds, no services)."""
+    for item in items:
+        if not SERVICES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.unit)

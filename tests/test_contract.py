@@ -1,4 +1,5 @@
-"""schemas/avro agrees with ../shared/CONTRACT.md (via the shared checker, when the checkout has it beside)."""
+"""schemas/avro agrees with the contract the project owns (docs/contract.md), and with ../shared's checker when a
+checkout has it beside."""
 import subprocess
 import sys
 
@@ -15,6 +16,25 @@ def test_shared_contract_checker_passes():
     out = subprocess.run([sys.executable, str(CHECKER)], cwd=PROJECT_ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "contract ok" in out.stdout
+
+
+def contract_required_fields() -> dict[str, set[str]]:
+    """The required fields docs/contract.md lists per record (its "Avro records" section)."""
+    import re
+    text = (PROJECT_ROOT / "docs" / "contract.md").read_text()
+    section = text.split("## Avro records", 1)[1].split("\n## ", 1)[0]
+    out = {}
+    for item in re.split(r"\n- ", section)[1:]:
+        name, _, rest = item.partition(":")
+        out[name.strip("` ")] = set(re.findall(r"`([a-z][a-z_]*)`", rest))  # field names: lower snake case
+    return out
+
+
+def test_the_schemas_carry_every_field_docs_contract_requires():
+    schemas = contract_schemas()
+    for name, fields in contract_required_fields().items():
+        assert fields, name
+        assert fields <= {f["name"] for f in schemas[name]["fields"]}, (name, fields)
 
 
 def test_every_non_required_field_has_a_default():
