@@ -154,8 +154,8 @@ def main(quick: bool = typer.Option(False, help="a small run (< 2 min): smoke te
         _, worker = ours.run_worker(small_settings.model_copy(update={"app_id": unique("bench-")}), small, workdir,
                                     bar("ours: a tenth, CPU profile", len(small)), profile)
         worker.stop()
-        results["profile"] = "\n".join(profile.with_suffix(".txt").read_text().splitlines()[:60]) \
-            if profile.with_suffix(".txt").exists() else ""
+        session = profile.with_suffix(".pyisession")
+        results["profile"] = ours.profile_hot_path(session) if session.exists() else ""
 
         # latency at a fixed offered rate: a fresh pipeline, events published at the rate while it runs
         offered = round(min(rate, 0.5 * tp["ours (memory)"]["events_per_s"]))  # at 80 % a queue built up: p50 14 s

@@ -38,6 +38,31 @@ def processed(region_views: dict) -> int:
     return total
 
 
+def profile_hot_path(session_file: Path, packages: tuple[str, ...] = ("streams", "sinks"), top: int = 15) -> str:
+    """The project's own functions in a saved pyinstrument session, by inclusive time (a function counted once per
+    call path, at its outermost frame): what the worker spent its time on, apart from waiting in the event loop."""
+    from pyinstrument.session import Session
+    root = Session.load(str(session_file)).root_frame()
+    if root is None:
+        return ""
+    total = root.time or 1.0
+    spent: dict[str, float] = {}
+
+    def walk(frame, open_names: frozenset[str]) -> None:
+        path = frame.file_path or ""
+        name = f"{frame.function} ({frame.file_path_short}:{frame.line_no})"
+        ours = any(f"/{package}/" in path for package in packages) and "site-packages" not in path
+        if ours and name not in open_names:
+            spent[name] = spent.get(name, 0.0) + frame.time
+            open_names = open_names | {name}
+        for child in frame.children:
+            walk(child, open_names)
+
+    walk(root, frozenset())
+    ranked = sorted(spent.items(), key=lambda item: -item[1])[:top]
+    return "\n".join(f"{seconds:8.3f} s {100 * seconds / total:5.1f} %  {name}" for name, seconds in ranked)
+
+
 def run_worker(settings: Settings, events: list[SimEvent], workdir: Path, advance: Callable[[int], None],
                profile: Path | None = None) -> tuple[dict, Worker]:
     """Start a worker on the pre-loaded backlog; done when every input record is accounted for and the internal

@@ -56,7 +56,8 @@ def markdown(r: dict) -> str:
         lines += [f"| {m['store']} | {m['participants']:,} | {m['peak_rss_mb']} |" for m in r["memory"]]
         lines.append("")
     if r.get("profile"):
-        lines += ["CPU profile of the worker (pyinstrument, top of the hot path):", "", "```",
+        lines += ["CPU profile of the worker (pyinstrument): the project's functions by inclusive time; the rest is "
+                  "Faust, aiokafka and waiting in the event loop:", "", "```",
                   r["profile"].rstrip(), "```", ""]
     return "\n".join(lines)
 

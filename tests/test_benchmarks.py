@@ -37,4 +37,34 @@ def test_quick_benchmark_runs_every_part_and_results_equal_the_fold(kafka, regis
     # the stateful floor wrote one changelog record per event (compaction may have dropped some since)
     restored = runs["faust floor (a table write per event)"]["restore"]["changelog_records"]
     assert mix["participants"] <= restored <= mix["events"]
-    assert "region_agent" in results["profile"]  # the worker's hot path is in the profile
+    assert "streams/" in results["profile"]  # the worker's own functions are in the profile
+
+
+def test_profile_hot_path_ranks_the_projects_functions_by_inclusive_time(tmp_path):
+    import importlib.util
+
+    from pyinstrument import Profiler
+
+    from benchmarks.ours import profile_hot_path
+    package = tmp_path / "streams"
+    package.mkdir()
+    (package / "hot.py").write_text(
+        "import time\n"
+        "def busy(n):\n    s = 0\n    for i in range(n):\n        s += i\n    return s\n"
+        "def outer():\n    time.sleep(0.05)\n    return busy(3_000_000) + recursive(3)\n"
+        "def recursive(k):\n    return busy(300_000) if k == 0 else recursive(k - 1)\n")
+    spec = importlib.util.spec_from_file_location("hot_under_test", package / "hot.py")
+    hot = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hot)
+    profiler = Profiler(interval=0.001)
+    profiler.start()
+    hot.outer()
+    profiler.stop()
+    profiler.last_session.save(str(tmp_path / "p.pyisession"))
+    lines = profile_hot_path(tmp_path / "p.pyisession").splitlines()
+    names = [line.split("%", 1)[1].strip().split(" ")[0] for line in lines]
+    assert names[0] == "outer"  # inclusive: the caller first, the sleep included
+    assert names.index("busy") < names.index("recursive")  # busy's two call paths add up
+    assert names.count("recursive") == 1  # a recursive function counted once per path, not per frame
+    seconds = {name: float(line.split()[0]) for name, line in zip(names, lines)}
+    assert seconds["recursive"] <= seconds["busy"] <= seconds["outer"]
