@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from streams import privacy
 from streams.config import Settings
 
 app = typer.Typer(help="Live BPJS Ketenagakerjaan coverage for East Kalimantan, on Kafka + Faust.",
@@ -146,6 +147,7 @@ def worker(config: Optional[Path] = ConfigOpt,
     from streams.app import create_app
     from streams.topics import app_topics, ensure_topics
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 <pid>` dumps every thread's stack
+    privacy.install_log_scrubber()
     s = _settings(config)
     try:
         topo = create_app(s)
@@ -199,6 +201,7 @@ def sink(config: Optional[Path] = ConfigOpt,
     from sinks.warehouse import db
     from sinks.warehouse.sink import WarehouseSink
     s = _settings(config)
+    privacy.install_log_scrubber()
     logging.basicConfig(level=loglevel.upper(), format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx2").setLevel(logging.WARNING)  # one line per registry lookup is noise
     try:

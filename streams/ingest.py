@@ -16,7 +16,7 @@ import weakref
 
 from faust.streams import _current_event
 
-from streams import validation
+from streams import privacy, validation
 from streams.clock import DAY_MS, PartitionClock
 from streams.metrics import DEAD_LETTERS, EVENT_LAG, EVENTS, LATE_EVENTS
 from streams.rules import participant_key
@@ -25,13 +25,16 @@ from streams.topics import send_batch
 
 log = logging.getLogger(__name__)
 
+
 def pe_partition(pkey: str, partitions: int) -> int:
     """The participant-events partition of a pseudonym (uniform: the pseudonym is an HMAC)."""
     return int(pkey[:8], 16) % partitions
 
 
 async def dead_letter(topo, message, reason: str, detail: str) -> None:
-    """Original key and bytes to the dead-letter topic, context in `dlq.*` headers (CONTRACT.md)."""
+    """Original key and bytes to the dead-letter topic, context in `dlq.*` headers (CONTRACT.md). The detail is
+    scrubbed: the original bytes stay in the (restricted) dead-letter topic for replay, never in its headers."""
+    detail = privacy.scrubbed(detail, "dead_letter")
     headers = [("dlq.reason", reason.encode()), ("dlq.topic", message.topic.encode()),
                ("dlq.partition", str(message.partition).encode()), ("dlq.offset", str(message.offset).encode()),
                ("dlq.error", detail.encode()[:1000])]
@@ -98,6 +101,7 @@ def _agent(topo, source, topic_name: str, record_name: str, lateness_ms: int) ->
                 at = record["occurred_at"]
                 seen = clock.observe(message.offset, at, lateness_ms)
                 pkey = participant_key(record.pop("nik"), topo.pseudonym_key)
+                privacy.scrub_record(record_name, record, "record")
                 record.update(kind=record_name, topic=topic_name, key=pkey)
                 if seen.late:
                     record["late"] = 1

@@ -20,6 +20,8 @@ CONSUMER_LAG = Gauge("jamsostek_consumer_lag_records", "Input records not yet re
                      ["topic", "partition"])
 ALERTS = Counter("jamsostek_alerts", "Stall alert transitions raised by this worker", ["kind", "status"])
 WEBHOOK_FAILURES = Counter("jamsostek_alert_webhook_failures", "Alert webhook POSTs given up after all retries")
+NIK_REDACTED = Counter("jamsostek_nik_redacted", "NIK-like digit runs replaced in free text before it left the process "
+                       "(where: record, dead_letter, alert, log)", ["where"])
 SINK_WRITE = Histogram("jamsostek_sink_write_seconds", "Warehouse batch write duration")
 SINK_RECORDS = Counter("jamsostek_sink_records", "Records the warehouse sink consumed, by outcome (written, "
                        "skipped_invalid: the worker dead-letters those)", ["topic", "outcome"])

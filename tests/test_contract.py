@@ -25,7 +25,7 @@ def contract_required_fields() -> dict[str, set[str]]:
     section = text.split("## Avro records", 1)[1].split("\n## ", 1)[0]
     out = {}
     for item in re.split(r"\n- ", section)[1:]:
-        name, _, rest = item.partition(":")
+        name, _, rest = item.split("\n\n", 1)[0].partition(":")  # an item ends at a blank line
         out[name.strip("` ")] = set(re.findall(r"`([a-z][a-z_]*)`", rest))  # field names: lower snake case
     return out
 

@@ -29,3 +29,159 @@ def test_a_configured_key_changes_every_pseudonym():
     assert rules.participant_key(nik, production.pseudonym_key_bytes()) != rules.participant_key(nik, DEV_PSEUDONYM_KEY)
     assert nik not in rules.participant_key(nik, DEV_PSEUDONYM_KEY)
     assert "a-long-random-secret" not in repr(production)  # secrets do not leak through logs of the settings
+
+
+# -- NIKs typed into free text -------------------------------------------------------------------------------------
+PLANTED = "6472015508900417"
+
+
+@pytest.mark.parametrize("text, clean", [
+    (f"nelayan, NIK {PLANTED}", "nelayan, NIK [NIK]"),
+    ("petani 6472 0155 0890 0417 ok", "petani [NIK] ok"),
+    ("64.72.01-550890-0417", "[NIK]"),
+    (f"NIK:{PLANTED}x", "NIK:[NIK]x"),
+    (f"{PLANTED}{PLANTED}", "[NIK]"),  # two run together: gone whole
+    (f"{PLANTED}123", "[NIK]"),  # a typo'd longer run too
+    ("guru ngaji", "guru ngaji"),
+    ("Rp 16.800 x 12 bulan, 64.72", "Rp 16.800 x 12 bulan, 64.72"),  # figures and region codes stay
+    ("647201550890041", "647201550890041"),  # 15 digits is not a NIK
+    ("0812-3456-7890", "0812-3456-7890"),  # a phone number stays
+])
+def test_scrub_replaces_every_nik_like_run_and_nothing_else(text, clean):
+    from streams.privacy import scrub
+    assert scrub(text)[0] == clean
+
+
+def test_every_unchecked_string_field_of_the_contract_is_scrubbed():
+    """A schema that gains a string field must say whether it is validated or free text (then scrubbed)."""
+    from streams.privacy import FREE_TEXT, VALIDATED
+    from streams.serde import contract_schemas
+
+    def is_string(t) -> bool:
+        return t == "string" or (isinstance(t, list) and "string" in t)
+    for name, schema in contract_schemas().items():
+        if name not in ("Registration", "Contribution", "Claim"):
+            continue
+        strings = {f["name"] for f in schema["fields"] if is_string(f["type"])}
+        assert strings - set(VALIDATED) == set(FREE_TEXT[name]), name
+
+
+def test_log_records_are_scrubbed_as_they_are_made(caplog):
+    import logging
+
+    from streams import privacy
+    from streams.metrics import NIK_REDACTED
+    before = NIK_REDACTED.labels("log")._value.get()
+    original = logging.getLogRecordFactory()
+    try:
+        privacy.install_log_scrubber()
+        privacy.install_log_scrubber()  # idempotent: one wrapper
+        assert logging.getLogRecordFactory().previous is original
+        log = logging.getLogger("test.privacy")
+        with caplog.at_level(logging.INFO, logger="test.privacy"):
+            log.info("occupation was %r", f"tukang ojek {PLANTED}")
+            try:
+                raise ValueError(f"cannot parse {PLANTED}")
+            except ValueError:
+                log.exception("failed")
+    finally:
+        logging.setLogRecordFactory(original)
+    text = caplog.text
+    assert PLANTED not in text and "tukang ojek [NIK]" in text and "cannot parse [NIK]" in text
+    assert NIK_REDACTED.labels("log")._value.get() - before == 2
+
+
+def test_niks_planted_in_every_free_text_field_never_leave_worker_or_sink(kafka, registry, postgres, tmp_path):
+    """Registrations, contributions and claims whose free text carries NIKs in the forms people type them, plus an
+    invalid record whose region code is a NIK: the worker's topics, dead-letter headers, the warehouse, logs and
+    metrics hold none of them; the tables are exact; the redactions are counted."""
+    import dataclasses
+    import re
+
+    from sqlalchemy import create_engine, text
+
+    from streams.simulator import Scenario
+    from tests.conftest import unique
+    from tests.expected import comparable, expected_regions
+    from tests.helpers import niks_in, read_all
+    from tests.test_topology import publish
+    from tests.test_warehouse import sink_settings
+    from tests.worker import Sink, Worker
+
+    scale = 0.005
+    events = list(Scenario.load(scale=scale, seed=5).events(6))
+    forms = (lambda n: n, lambda n: f"nelayan, NIK {n}", lambda n: f"NIK: {n[:4]} {n[4:8]} {n[8:12]} {n[12:]}",
+             lambda n: f"{n[:2]}.{n[2:4]}.{n[4:6]}-{n[6:12]}-{n[12:]}")
+    planted: dict[str, int] = {"occupation": 0, "channel": 0, "claim_id": 0}
+    for i, event in enumerate(events):
+        if event.expect != "processed":
+            continue
+        text_of = forms[i % len(forms)](event.key)
+        if event.record_name == "Registration" and i % 3 == 0:
+            event.record["occupation"] = text_of[:200]
+            planted["occupation"] += 1
+        elif event.record_name == "Registration" and i % 3 == 1:
+            event.record["channel"] = text_of
+            planted["channel"] += 1
+        elif event.record_name == "Claim":
+            event.record["claim_id"] = f"KLM/{text_of}"
+            planted["claim_id"] += 1
+    assert all(n > 5 for n in planted.values()), planted
+    bad = dataclasses.replace(events[0], record={**events[0].record, "region_code": events[1].key,
+                                                  "event_id": "0c6a3b1e-7a8b-4c1d-9e2f-3a4b5c6d7e8f"},
+                              expect="dead_letter", fault="unknown_region")
+    events.append(bad)
+    settings = Settings(kafka_bootstrap_servers=kafka.bootstrap, schema_registry_url=registry.url,
+                        topic_prefix=unique() + ".", topic_partitions=3, state_dir=tmp_path / "state",
+                        app_id=unique("app-"), target_scale=scale)
+    publish(settings, events)
+    url = postgres.create_database(unique("wh"))
+    worker = Worker(settings, tmp_path / "worker.log").start()
+    sink = Sink(sink_settings(settings, url), tmp_path / "sink.log").start()
+    try:
+        worker.wait(lambda: sum(worker.events_accounted().values()) >= len(events), 120, "every record accounted")
+        expected = expected_regions(events, scale=scale)
+        worker.wait(lambda: {c: comparable(v) for c, v in worker.regions().items()} == expected, 60,
+                    "tables equal to the fold: free text changes no figure")
+        assert worker.events_accounted() == {"processed": len(events) - 1, "dead_letter": 1}
+        valid = len(events) - 1
+        sink.wait(lambda: sum(sink.outcomes("jamsostek_sink_records_total").values()) >= len(events), 60,
+                  "the sink to consume every record")
+        engine = create_engine(url)
+        with engine.connect() as conn:
+            facts = sum(conn.execute(text(f"SELECT count(*) FROM {t}")).scalar()
+                        for t in ("fact_registration", "fact_contribution", "fact_claim"))
+            redacted = conn.execute(text("SELECT count(*) FROM fact_registration WHERE occupation LIKE '%[NIK]%'")
+                                    ).scalar()
+            dump = "\n".join(str(tuple(r)) for t in ("fact_registration", "fact_contribution", "fact_claim",
+                                                     "region_alert") for r in conn.execute(text(f"SELECT * FROM {t}")))
+        engine.dispose()
+        assert facts == valid and redacted == planted["occupation"]
+        worker_metrics, sink_metrics = worker.metrics(), sink.metrics()
+    finally:
+        sink.stop()
+        worker.stop()
+    dead = read_all(kafka.bootstrap, settings.topics.dead_letter)
+    assert len(dead) == 1 and dict(dead[0].headers)["dlq.reason"] == b"unknown_region"
+    assert b"[NIK]" in dict(dead[0].headers)["dlq.error"]
+    assert dead[0].value  # the original bytes stay for a replay, in the restricted dead-letter topic
+
+    def digits_only(blob: str) -> str:  # "6472 0155 ..." and "64.72.01-..." found too
+        return re.sub(r"[ .\-/]", "", blob)
+    niks = {e.key for e in events}
+    internal = [f"{settings.app_id}-participant-events", f"{settings.app_id}-participants-changelog",
+                settings.topics.region_alerts]
+    topic_text = "\n".join((r.value or b"").decode("latin-1") for t in internal for r in read_all(kafka.bootstrap, t))
+    assert "[NIK]" in topic_text  # the participant events carry the scrubbed text
+    headers = "\n".join(v.decode("latin-1") for r in dead for _, v in r.headers)
+    logs = (tmp_path / "worker.log").read_text(errors="replace") + (tmp_path / "sink.log").read_text(errors="replace")
+    for where, blob in (("internal topics", topic_text), ("dead-letter headers", headers), ("warehouse", dump),
+                        ("logs", logs), ("metrics", str(worker_metrics) + str(sink_metrics))):
+        assert not niks_in(digits_only(blob), niks), f"a planted NIK in the {where}"
+
+    def redactions(metrics, where):
+        return sum(v for (name, labels), v in metrics.items()
+                   if name == "jamsostek_nik_redacted_total" and ("where", where) in labels)
+    assert redactions(worker_metrics, "record") >= sum(planted.values())
+    assert redactions(worker_metrics, "dead_letter") == 1
+    assert redactions(sink_metrics, "record") >= planted["occupation"]

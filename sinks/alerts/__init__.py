@@ -6,18 +6,22 @@
   region table),
 - an HTTP POST in Alertmanager's webhook format to ``ALERT_WEBHOOK_URL`` when set (sinks/alerts/webhook.py).
 
-Alerts carry region figures only, never a participant: no NIK, no pseudonym.
+Alerts carry region figures only, never a participant: no NIK, no pseudonym; the text is scrubbed all the same
+(streams/privacy.py) before it goes anywhere.
 """
 from __future__ import annotations
 
 import logging
 
 from streams.metrics import ALERTS
+from streams.privacy import scrubbed
 
 log = logging.getLogger("jamsostek.alerts")
 
 
 async def publish(topo, alert: dict) -> None:
+    alert = {**alert, "summary": scrubbed(alert["summary"], "alert"),
+             "details": {k: scrubbed(v, "alert") for k, v in alert["details"].items()}}
     value = topo.serde.encode(topo.region_alerts.get_topic_name(), "RegionAlert", alert)
     await topo.region_alerts.send(key=alert["region_code"].encode(), value=value, force=True)  # not deferred
     ALERTS.labels(alert["kind"], alert["status"]).inc()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 
+from streams.privacy import scrubbed
 from streams.rules import participant_key
 
 
@@ -12,14 +13,15 @@ def utc(ms: int) -> datetime:
 
 
 def fact_row(record_name: str, record: dict, key: bytes, source: tuple[str, int, int], loaded_at: datetime) -> dict:
-    """One fact row; ``source`` = (topic, partition, offset). The NIK becomes ``participant_key`` here."""
+    """One fact row; ``source`` = (topic, partition, offset). The NIK becomes ``participant_key`` here, and a NIK
+    typed into free text becomes ``[NIK]`` (streams/privacy.py)."""
     at = utc(record["occurred_at"])
     row = {"event_id": record["event_id"], "participant_key": participant_key(record["nik"], key),
            "region_code": record["region_code"], "occurred_at": at, "event_month": f"{at.year:04d}-{at.month:02d}",
            "src_topic": source[0], "src_partition": source[1], "src_offset": source[2], "loaded_at": loaded_at}
     if record_name == "Registration":
-        row.update(segment=record["segment"], cohort=record["cohort"], occupation=record["occupation"],
-                   funding_source=record["funding_source"], programs=",".join(record["programs"]))
+        row.update(segment=record["segment"], cohort=record["cohort"],
+                   occupation=scrubbed(record["occupation"], "record"), funding_source=record["funding_source"], programs=",".join(record["programs"]))
     elif record_name == "Contribution":
         row.update(period=record["period"], amount_idr=record["amount_idr"], funding_source=record["funding_source"])
     else:
@@ -43,6 +45,7 @@ def alert_row(alert: dict) -> dict:
     """A region_alert row from a decoded RegionAlert (one row per alert id; the newest transition wins)."""
     return {"alert_id": alert["alert_id"], "region_code": alert["region_code"], "kind": alert["kind"],
             "severity": alert["severity"], "status": alert["status"].lower(), "started_at": utc(alert["started_at"]),
-            "resolved_at": utc(alert["resolved_at"]) if alert["resolved_at"] is not None else None, "details": json.dumps({"summary": alert["summary"], **alert["details"]},
-                                                                       sort_keys=True, ensure_ascii=False),
+            "resolved_at": utc(alert["resolved_at"]) if alert["resolved_at"] is not None else None,
+            "details": scrubbed(json.dumps({"summary": alert["summary"], **alert["details"]}, sort_keys=True,
+                                           ensure_ascii=False), "alert"),
             "updated_at": utc(alert["occurred_at"])}
