@@ -64,14 +64,34 @@ def broker(config: Optional[Path] = ConfigOpt,
     s = _settings(config)
     if fresh:
         shutil.rmtree(s.state_dir, ignore_errors=True)
+    _stop_on_signals()
     try:
         with local_stack(s, console) as live:
             ensure_topics(live)
             _print_endpoints(live)
             console.print("Ctrl-C stops the stack.")
-            signal.sigwait({signal.SIGINT, signal.SIGTERM})
+            _wait_for_a_stop_signal()
+    except KeyboardInterrupt as stopped:
+        console.print(f"stopped ({stopped})")
     except LauncherError as exc:
         _fail(exc)
+
+
+def _stop_on_signals() -> None:
+    """SIGTERM and SIGINT raise KeyboardInterrupt wherever the command is (starting, running), so every ``finally``
+    and context manager on the way out stops the children it started. Once stopping, further signals are ignored:
+    a second Ctrl-C or a supervisor's repeated TERM must not cut the clean-up short and orphan a broker."""
+    def stop(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
+
+def _wait_for_a_stop_signal() -> None:
+    while True:
+        signal.pause()
 
 
 def _print_endpoints(s: Settings) -> None:
@@ -241,7 +261,7 @@ def run(
     if fresh:
         shutil.rmtree(s.state_dir, ignore_errors=True)
     scenario = Scenario.load()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # a TERM stops everything cleanly, like Ctrl-C
+    _stop_on_signals()
     children = []
     try:
         for port, what in ((s.web_port, "the worker's web page"), (s.metrics_port, "the worker's metrics"),
@@ -263,12 +283,12 @@ def run(
             try:
                 run_simulation(live, scenario, months=months, live_rate=live_rate)
                 console.print("history replayed; Ctrl-C stops everything")
-                signal.sigwait({signal.SIGINT, signal.SIGTERM})
-            except KeyboardInterrupt:
-                console.print("interrupted")
+                _wait_for_a_stop_signal()
             finally:
                 for child in children:
                     process.stop(child, 30)
+    except KeyboardInterrupt as stopped:
+        console.print(f"stopped ({stopped})")
     except LauncherError as exc:
         _fail(exc)
 

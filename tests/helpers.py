@@ -86,3 +86,52 @@ def assigned_members(bootstrap: str, group: str) -> int:
     admin = AdminClient({"bootstrap.servers": bootstrap})  # must outlive the future, or it never resolves
     description = admin.describe_consumer_groups([group], request_timeout=10)[group].result()
     return sum(1 for m in description.members if m.assignment and m.assignment.topic_partitions)
+
+
+def _stat(pid: int) -> tuple[int, str, int] | None:
+    """(parent pid, state, start time) of a process from /proc, or None when it is gone."""
+    try:
+        text = open(f"/proc/{pid}/stat").read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    fields = text[text.rindex(")") + 2:].split()  # after "pid (comm) "
+    return int(fields[1]), fields[0], int(fields[19])
+
+
+def descendants(pid: int) -> dict[int, int]:
+    """Every living descendant of ``pid`` (whatever session or group it moved to): pid -> start time."""
+    import os
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (stat := _stat(int(entry))) is not None:
+            parents[int(entry)] = stat
+    out, frontier = {}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        for child, (ppid, _, started) in parents.items():
+            if ppid == parent and child not in out:
+                out[child] = started
+                frontier.append(child)
+    return out
+
+
+def still_running(processes: dict[int, int]) -> list[int]:
+    """Which of ``processes`` (pid -> start time, from ``descendants``) still run; zombies count as gone."""
+    running = []
+    for pid, started in processes.items():
+        stat = _stat(pid)
+        if stat is not None and stat[2] == started and stat[1] != "Z":
+            running.append(pid)
+    return running
+
+
+def wait_for(condition, timeout: float, what: str, interval: float = 0.5):
+    """Poll ``condition`` until it returns something truthy (returned); fail saying ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)

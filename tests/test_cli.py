@@ -8,10 +8,13 @@ import subprocess
 import sys
 import time
 
+from pathlib import Path
+
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from streams.launcher.process import free_port, port_in_use
+from tests.helpers import descendants, still_running, wait_for
 
 JAMSOSTEK = [sys.executable, "-m", "streams.cli"]
 
@@ -113,8 +116,7 @@ def test_run_brings_up_the_stack_and_kcat_sees_framed_avro(tmp_path):
         assert int.from_bytes(raw[1:5], "big") > 0, "schema id"
         assert b"64." in raw  # the region code inside the Avro body
         first = total_records(bootstrap, "jamsostek.contributions")
-        time.sleep(8)
-        assert total_records(bootstrap, "jamsostek.contributions") > first, "live events keep flowing"
+        wait_for(lambda: total_records(bootstrap, "jamsostek.contributions") > first, 60, "live events to flow")
         # the worker serves the page, /regions and /metrics; the sink fills the warehouse
         import requests
         import sqlite3
@@ -138,11 +140,14 @@ def test_run_brings_up_the_stack_and_kcat_sees_framed_avro(tmp_path):
             except sqlite3.OperationalError:  # not migrated yet
                 rows = 0
         assert rows > 0
+        children = descendants(proc.pid)
+        assert len(children) >= 4, children  # Kafka, the registry, the worker, the sink
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+        proc.send_signal(signal.SIGTERM)
         code = proc.wait(90)
     assert code == 0, log.read_text()[-3000:]
     assert "stopped the local stack" in log.read_text()
+    wait_for(lambda: not still_running(children), 60, "every child of `run` to stop")
     assert not port_in_use(port) and not port_in_use(registry_port)
     assert not any(port_in_use(p) for p in (web, metrics, sink_metrics)), "worker and sink stopped too"
 
@@ -158,3 +163,41 @@ def test_run_refuses_a_port_in_use_before_starting_anything(tmp_path):
     assert done.returncode == 1
     assert f"port {port}" in done.stderr and "in use" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "state" / "kafka").exists()  # nothing was started
+
+
+def start_broker_command(tmp_path) -> tuple[subprocess.Popen, Path, dict]:
+    ports = {"LOCAL_BROKER_PORT": free_port(), "LOCAL_CONTROLLER_PORT": free_port(), "LOCAL_REGISTRY_PORT": free_port()}
+    env = {**os.environ, **{k: str(v) for k, v in ports.items()}, "STATE_DIR": str(tmp_path / "state"),
+           "COLUMNS": "200"}
+    log = tmp_path / "broker.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([*JAMSOSTEK, "broker"], stdout=out, stderr=subprocess.STDOUT, env=env)
+    return proc, log, ports
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("moment, sig", [("registry starting", signal.SIGTERM), ("ready", signal.SIGINT),
+                                         ("ready", signal.SIGKILL)])
+def test_a_stop_signal_to_the_broker_command_stops_kafka_and_the_registry(tmp_path, moment, sig):
+    """TERM in the worst moment (Kafka up, the registry half started: nothing yielded yet), Ctrl-C once ready,
+    and even SIGKILL (no handler runs: the kernel's parent-death signal stops the children)."""
+    proc, log, ports = start_broker_command(tmp_path)
+    try:
+        marker = "Kafka 4" if moment == "registry starting" else "Ctrl-C stops the stack"
+        wait_for(lambda: marker in log.read_text() or proc.poll() is not None, 240, marker)
+        assert proc.poll() is None, log.read_text()
+        children = descendants(proc.pid)
+        java = [pid for pid in children if "java" in open(f"/proc/{pid}/cmdline").read()]
+        assert len(java) == 2, (children, log.read_text())  # Kafka and the registry (maybe still starting)
+        proc.send_signal(sig)
+        if moment == "registry starting":
+            assert "schema registry ready" not in log.read_text()  # the signal came before the stack was up
+        code = proc.wait(90)
+        wait_for(lambda: not still_running(children), 60, "every child of the command to stop")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    if sig != signal.SIGKILL:
+        assert code == 0, log.read_text()[-3000:]
+        assert "stopped the local stack" in log.read_text() and "Traceback" not in log.read_text()
+    assert not any(port_in_use(p) for p in ports.values())

@@ -1,6 +1,8 @@
 """Small helpers shared by the broker and registry launchers: free ports, child processes, readiness waits."""
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import signal
 import socket
@@ -43,13 +45,25 @@ def require_free(port: int, what: str) -> int:
     return port
 
 
+_PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def _terminate_with_parent() -> None:
+    """In the child, before exec: the kernel sends it SIGTERM when the process that started it dies, however
+    it dies (even SIGKILL, which no handler sees). Runs after the child switched user, which would clear it."""
+    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
 def spawn(cmd: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None,
           user: str | None = None) -> subprocess.Popen:
+    """Start a child in its own session (a Ctrl-C in the terminal reaches us, and we stop children in order) that
+    dies with us: stopped by our ``finally`` blocks on SIGTERM/SIGINT, and by the kernel if we are killed.
+    Call from the main thread: the kernel ties the child to the thread that started it."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
-        # own process group: a Ctrl-C in the terminal reaches us, and we stop the child in order
         return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
-                                cwd=cwd, start_new_session=True, user=user)
+                                cwd=cwd, start_new_session=True, user=user, preexec_fn=_terminate_with_parent)
 
 
 def log_tail(log: Path, lines: int = 25) -> str:
