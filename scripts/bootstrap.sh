@@ -16,6 +16,7 @@ if [ "$profile" = test ]; then
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || pkgs+=(postgresql)
   command -v promtool >/dev/null || pkgs+=(prometheus)
   command -v amtool >/dev/null || pkgs+=(prometheus-alertmanager)
+  command -v stress-ng >/dev/null || pkgs+=(stress-ng)                # mixed CPU/disk load beside the drills
   command -v chromium >/dev/null || pkgs+=(chromium)                  # the live page in a real browser
   command -v chromedriver >/dev/null || pkgs+=(chromium-driver)
 fi

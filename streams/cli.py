@@ -217,7 +217,6 @@ def sink(config: Optional[Path] = ConfigOpt,
     """Run the warehouse sink: migrate, then write facts and region snapshots, committing offsets after each batch."""
     import asyncio
     import logging
-    from prometheus_client import start_http_server
     from sinks.warehouse import db
     from sinks.warehouse.sink import WarehouseSink
     s = _settings(config)
@@ -230,7 +229,6 @@ def sink(config: Optional[Path] = ConfigOpt,
         warehouse = WarehouseSink(s)
     except Exception as exc:
         _fail(exc)
-    start_http_server(s.sink_metrics_port, addr=s.http_host)
 
     async def main() -> None:
         task, loop = asyncio.current_task(), asyncio.get_running_loop()

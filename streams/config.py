@@ -69,6 +69,10 @@ class Settings(BaseSettings):
     sink_batch_size: int = Field(2000, ge=1, description="rows per database transaction at most")
     sink_linger_seconds: float = Field(1.0, gt=0, description="wait at most this long to fill a batch")
     sink_max_backoff_seconds: float = Field(30.0, gt=0, description="retry delay cap while the database is down")
+    sink_max_poll_interval_seconds: float = Field(300.0, gt=0, description="Kafka max.poll.interval of the sink: "
+                                                  "a member silent this long leaves its group")
+    sink_poll_seconds: float = Field(1.0, gt=0, description="while a write is slow (database down), poll the group "
+                                     "this often with partitions paused")
     snapshot_interval_seconds: float = Field(60.0, gt=0, description="how often region snapshots are written")
     sink_metrics_port: int = 9109
 

@@ -75,6 +75,21 @@ def _init_with_shielded_delivery(self: Consumer, *args, **kwargs) -> None:
     self.callback = shielded
 
 
+def read_positions(app) -> dict:
+    """The next offset this worker will read per assigned partition (None before the first read), from Faust's
+    consumer (its read offset is not public)."""
+    consumer = app.consumer
+    return {tp: (None if consumer._read_offset[tp] is None else consumer._read_offset[tp] + 1)
+            for tp in consumer.assignment()}
+
+
+def worker_state(app) -> dict[str, bool]:
+    """Readiness inputs Faust knows: a member of its group (not rebalancing, partitions assigned) and the tables
+    recovered from their changelogs."""
+    return {"assigned": not app.rebalancing and bool(app.consumer.assignment()),
+            "recovered": app.tables.recovery.completed.is_set()}
+
+
 def install() -> None:
     """Idempotent: patch Faust's consumer once per process."""
     if Consumer.perform_seek is not _perform_seek_from_earliest_when_uncommitted:

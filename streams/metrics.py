@@ -1,32 +1,73 @@
-"""Prometheus metrics of CONTRACT.md, exported by prometheus_client on the worker's metrics port."""
+"""Prometheus metrics of docs/contract.md. Each process exports only its own series: the worker serves
+``WORKER_REGISTRY`` on its metrics port, the sink ``SINK_REGISTRY`` on its own (with the process, platform and
+GC collectors in each); a metric both do (redactions) is registered in both."""
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import (GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR, CollectorRegistry, Counter, Gauge,
+                               Histogram)
 
-EVENTS = Counter("jamsostek_events", "Consumed input records by outcome", ["topic", "outcome"])
-LATE_EVENTS = Counter("jamsostek_late_events", "Valid records read more than ALLOWED_LATENESS_DAYS behind their "
+WORKER_REGISTRY = CollectorRegistry(auto_describe=True)
+SINK_REGISTRY = CollectorRegistry(auto_describe=True)
+for _registry in (WORKER_REGISTRY, SINK_REGISTRY):
+    for _collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+        _registry.register(_collector)
+
+
+W, S = (WORKER_REGISTRY,), (SINK_REGISTRY,)
+
+
+def _register(metric, registries):
+    for registry in registries:
+        registry.register(metric)
+    return metric
+
+
+def counter(name, doc, labels=(), registries=W) -> Counter:
+    return _register(Counter(name, doc, labels, registry=None), registries)
+
+
+def gauge(name, doc, labels=(), registries=W) -> Gauge:
+    return _register(Gauge(name, doc, labels, registry=None), registries)
+
+
+def histogram(name, doc, registries=W, **kwargs) -> Histogram:
+    return _register(Histogram(name, doc, registry=None, **kwargs), registries)
+
+
+# -- the worker -------------------------------------------------------------------------------------------------
+EVENTS = counter("jamsostek_events", "Consumed input records by outcome", ["topic", "outcome"])
+LATE_EVENTS = counter("jamsostek_late_events", "Valid records read more than ALLOWED_LATENESS_DAYS behind their "
                       "partition's clock: counted in the tables like any other", ["topic"])
-DEAD_LETTERS = Counter("jamsostek_dead_letter", "Records sent to the dead-letter topic", ["reason"])
-REGISTERED = Gauge("jamsostek_region_registered", "Registered participants", ["region"])
-ACTIVE = Gauge("jamsostek_region_active", "Active (paid-up within grace) participants", ["region"])
-COVERAGE = Gauge("jamsostek_region_coverage_ratio", "Active programme participants / region target", ["region"])
-QUOTA_TOTAL = Gauge("jamsostek_region_quota_total", "Quota", ["region", "funding_source"])
-QUOTA_USED = Gauge("jamsostek_region_quota_used", "Quota used", ["region", "funding_source"])
-STALLED = Gauge("jamsostek_region_stalled", "1 while a stall alert is firing", ["region"])
-CLAIMS_PAID = Counter("jamsostek_claims_paid_idr", "Paid claim amounts (IDR)", ["region", "program"])
-EVENT_LAG = Histogram("jamsostek_event_lag_seconds", "Processing time minus event time",
+DEAD_LETTERS = counter("jamsostek_dead_letter", "Records sent to the dead-letter topic", ["reason"])
+REGISTERED = gauge("jamsostek_region_registered", "Registered participants", ["region"])
+ACTIVE = gauge("jamsostek_region_active", "Active (paid-up within grace) participants", ["region"])
+COVERAGE = gauge("jamsostek_region_coverage_ratio", "Active programme participants / region target", ["region"])
+QUOTA = gauge("jamsostek_region_quota", "Quota places (participants) per region and funder", ["region", "funding_source"])
+QUOTA_TOTAL = gauge("jamsostek_region_quota_total", "DEPRECATED: the same as jamsostek_region_quota (a gauge must "
+                    "not end in _total); kept for dashboards written against it", ["region", "funding_source"])
+QUOTA_USED = gauge("jamsostek_region_quota_used", "Quota used", ["region", "funding_source"])
+STALLED = gauge("jamsostek_region_stalled", "1 while a stall alert is firing", ["region"])
+CLAIMS_PAID = counter("jamsostek_claims_paid_idr", "Paid claim amounts (IDR)", ["region", "program"])
+STREAM_CLOCK = gauge("jamsostek_stream_clock_seconds", "Event time (Unix seconds) up to which every region's figures "
+                     "are complete (the read model's low watermark); stands still when the feed falls silent")
+EVENT_LAG = histogram("jamsostek_event_lag_seconds", "Processing time minus event time",
                       buckets=(0.1, 0.5, 1, 5, 30, 60, 300, 3600, 86400, 7 * 86400, 30 * 86400, 365 * 86400))
-CONSUMER_LAG = Gauge("jamsostek_consumer_lag_records", "Input records not yet read by this worker",
-                     ["topic", "partition"])
-ALERTS = Counter("jamsostek_alerts", "Stall alert transitions raised by this worker", ["kind", "status"])
-WEBHOOK_FAILURES = Counter("jamsostek_alert_webhook_failures", "Alert webhook POSTs given up after all retries")
-NIK_REDACTED = Counter("jamsostek_nik_redacted", "NIK-like digit runs replaced in free text before it left the process "
-                       "(where: record, dead_letter, alert, log)", ["where"])
-SINK_WRITE = Histogram("jamsostek_sink_write_seconds", "Warehouse batch write duration")
-SINK_RECORDS = Counter("jamsostek_sink_records", "Records the warehouse sink consumed, by outcome (written, "
-                       "skipped_invalid: the worker dead-letters those)", ["topic", "outcome"])
-SINK_RETRIES = Counter("jamsostek_sink_retries", "Warehouse writes retried after a database error")
+CONSUMER_LAG = gauge("jamsostek_consumer_lag_records", "Input records not yet read by this worker, per assigned "
+                     "partition (series of revoked partitions are removed)", ["topic", "partition"])
+ALERTS = counter("jamsostek_alerts", "Stall alert transitions raised by this worker", ["kind", "status"])
+WEBHOOK_FAILURES = counter("jamsostek_alert_webhook_failures", "Alert webhook POSTs given up after all retries")
 
+# -- the sink ---------------------------------------------------------------------------------------------------
+SINK_WRITE = histogram("jamsostek_sink_write_seconds", "Warehouse batch write duration", registries=S)
+SINK_RECORDS = counter("jamsostek_sink_records", "Records the warehouse sink consumed, by outcome (written, "
+                       "skipped_invalid: the worker dead-letters those)", ["topic", "outcome"], registries=S)
+SINK_RETRIES = counter("jamsostek_sink_retries", "Warehouse writes retried after a database error", registries=S)
+SINK_LAG = gauge("jamsostek_sink_lag_records", "Records not yet written to the warehouse, per assigned partition "
+                 "(end offset minus committed offset)", ["topic", "partition"], registries=S)
+
+# -- both -------------------------------------------------------------------------------------------------------
+NIK_REDACTED = counter("jamsostek_nik_redacted", "NIK-like digit runs replaced in free text before it left the "
+                       "process (where: record, dead_letter, alert, log)", ["where"], registries=W + S)
 
 def publish_region(view: dict) -> None:
     """Set the per-region gauges from a region view (streams.rules.region_view)."""
@@ -35,6 +76,28 @@ def publish_region(view: dict) -> None:
     ACTIVE.labels(code).set(view["active"])
     COVERAGE.labels(code).set(view["coverage_ratio"] or 0)
     for funding, q in view["quota"].items():
+        QUOTA.labels(code, funding).set(q["total"])
         QUOTA_TOTAL.labels(code, funding).set(q["total"])
         QUOTA_USED.labels(code, funding).set(q["used"])
     STALLED.labels(code).set(1 if view["stalled"] else 0)
+
+
+def publish_clock(views: list[dict]) -> None:
+    clock_ms = max((view["clock_ms"] or 0 for view in views), default=0)
+    if clock_ms:
+        STREAM_CLOCK.set(clock_ms / 1000)
+
+
+class PartitionGauge:
+    """Keeps a per-(topic, partition) gauge to the partitions a consumer holds now: series of partitions it no
+    longer has are removed, not left at their last value."""
+
+    def __init__(self, gauge_: Gauge):
+        self.gauge, self.shown = gauge_, set()
+
+    def set(self, values: dict[tuple[str, int], float]) -> None:
+        for topic, partition in self.shown - set(values):
+            self.gauge.remove(topic, str(partition))
+        for (topic, partition), value in values.items():
+            self.gauge.labels(topic, str(partition)).set(value)
+        self.shown = set(values)

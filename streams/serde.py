@@ -8,7 +8,6 @@ change the binary encoding, and skipping datetime objects keeps the hot path che
 """
 from __future__ import annotations
 
-import asyncio
 import functools
 import io
 import json
@@ -23,6 +22,7 @@ from confluent_kafka.schema_registry.error import SchemaRegistryError
 from fastavro.schema import expand_schema, parse_schema
 
 from streams.config import PROJECT_ROOT
+from streams.retrying import retrying
 
 log = logging.getLogger(__name__)
 
@@ -158,12 +158,8 @@ class AvroSerde:
         return record
 
     async def decode_waiting(self, data: bytes | None, record_name: str) -> dict:
-        """``decode``, waiting out registry outages with backoff: a good record is never dead-lettered for them."""
-        delay = 0.5
-        while True:
-            try:
+        """``decode``, waiting out registry outages (streams/retrying.py): a good record is never dead-lettered for
+        them."""
+        async for attempt in retrying("schema registry lookup", (RegistryUnavailable,), log):
+            with attempt:
                 return self.decode(data, record_name)
-            except RegistryUnavailable as exc:
-                log.warning("schema registry unavailable (%s); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30)

@@ -1,11 +1,13 @@
-"""HTTP views (read-only JSON) and the Prometheus endpoint of the worker."""
+"""HTTP views (read-only JSON), the probes (/livez, /readyz: streams/probes.py) and the Prometheus endpoint of the
+worker."""
 from __future__ import annotations
 
 from pathlib import Path
 
+from aiokafka.errors import IllegalStateError
 from prometheus_client import start_http_server
 
-from streams import metrics
+from streams import faust_fixes, metrics, probes
 
 
 def register(topo) -> None:
@@ -27,11 +29,22 @@ def register(topo) -> None:
                 return web.json(view)
         return web.json({"error": f"unknown region {code[:10]!r}"}, status=404)
 
-    async def healthz(web, request):
+    async def livez(web, request):
+        """Liveness: the event loop answers (streams/probes.py)."""
         return web.json({"status": "ok", "app": app.conf.id})
 
+    lag_known = {"value": False}
+
+    async def readyz(web, request):
+        """Readiness: assigned, tables recovered, read model loaded, consumer lag known for every partition."""
+        status, body = probes.readiness({**faust_fixes.worker_state(app),
+                                         "read_model": topo.read_model.ready.is_set(),
+                                         "lag_known": lag_known["value"]})
+        return web.json(body, status=status)
+
     # CONTRACT.md names the paths without a trailing slash; both forms answer
-    for path, handler in (("/regions", all_regions), ("/regions/{code}", one_region), ("/healthz", healthz)):
+    for path, handler in (("/regions", all_regions), ("/regions/{code}", one_region), ("/healthz", livez),
+                          ("/livez", livez), ("/readyz", readyz)):
         app.page(path)(handler)
         app.page(path + "/")(handler)
 
@@ -41,21 +54,35 @@ def register(topo) -> None:
 
     @app.task
     async def serve_metrics():
-        start_http_server(topo.settings.metrics_port, addr=topo.settings.http_host)
+        start_http_server(topo.settings.metrics_port, addr=topo.settings.http_host, registry=metrics.WORKER_REGISTRY)
 
     @app.timer(1.0)
     async def refresh_gauges():
-        for view in topo.read_model.views():
+        views = topo.read_model.views()
+        for view in views:
             metrics.publish_region(view)
+        metrics.publish_clock(views)
 
-    @app.timer(5.0)
+    lag = metrics.PartitionGauge(metrics.CONSUMER_LAG)
+    inputs = set(topo.settings.topics.inputs)
+
+    @app.timer(2.0)
     async def refresh_lag():
         """Records behind the end of each assigned input partition (highwater - next offset to read)."""
-        consumer = app.consumer
-        inputs = set(topo.settings.topics.inputs)
-        for tp in consumer.assignment():
-            if tp.topic in inputs:
-                highwater, read = consumer.highwater(tp), consumer._read_offset[tp]
-                if highwater is not None:
-                    metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(
-                        max(highwater - (read + 1 if read is not None else 0), 0))
+        if app.rebalancing:
+            lag_known["value"] = False
+            return
+        consumer, values = app.consumer, {}
+        try:
+            for tp, position in faust_fixes.read_positions(app).items():
+                highwater = consumer.highwater(tp) if tp.topic in inputs else 0
+                if highwater is None:  # not fetched from yet
+                    lag_known["value"] = False
+                    return
+                if tp.topic in inputs:
+                    values[(tp.topic, tp.partition)] = max(highwater - (position or 0), 0)
+        except IllegalStateError:  # revoked while we looked: the next tick sees the new assignment
+            lag_known["value"] = False
+            return
+        lag.set(values)
+        lag_known["value"] = True

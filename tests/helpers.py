@@ -135,3 +135,38 @@ def wait_for(condition, timeout: float, what: str, interval: float = 0.5):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(interval)
+
+
+class MixedLoad:
+    """Heavy mixed load on this machine while a drill runs (DEVELOPERS.md: a guarantee holds under load): stress-ng
+    CPU, I/O-sync and disk-write stressors (Debian's stress-ng), stopped on exit; bounded by its own timeout."""
+
+    def __init__(self, tmp, seconds: int = 900, cpu: int = 2):
+        import shutil
+        import subprocess
+        assert shutil.which("stress-ng"), "stress-ng is installed by scripts/bootstrap.sh test"
+        self.tmp = tmp
+        self.proc = subprocess.Popen(
+            ["stress-ng", "--cpu", str(cpu), "--io", "1", "--hdd", "1", "--hdd-bytes", "256M",
+             "--temp-path", str(tmp), "--timeout", f"{seconds}s", "--quiet"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        """stress-ng puts its stressors in process groups of their own: stop it as it expects (SIGINT to the
+        parent, which ends its stressors), then make sure none is left."""
+        import signal
+        import subprocess
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        subprocess.run(["pkill", "-KILL", "-P", str(self.proc.pid)], check=False)
+        left = subprocess.run(["pgrep", "-f", f"--temp-path {self.tmp}"], capture_output=True, text=True).stdout
+        for pid in left.split():
+            subprocess.run(["kill", "-KILL", pid], check=False)

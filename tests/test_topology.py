@@ -171,8 +171,22 @@ def test_web_views(run):
     missing = requests.get(worker.url("/regions/99.99/"), timeout=5)
     assert missing.status_code == 404 and "Traceback" not in missing.text
     assert requests.get(worker.url("/healthz/"), timeout=5).json()["status"] == "ok"
+    assert requests.get(worker.url("/livez"), timeout=5).json()["status"] == "ok"
+    worker.wait(lambda: requests.get(worker.url("/readyz"), timeout=5).status_code == 200, 60, "the worker ready")
+    assert requests.get(worker.url("/readyz/"), timeout=5).json()["checks"] == {
+        "assigned": True, "recovered": True, "read_model": True, "lag_known": True}
     gauges = worker.metrics()
-    assert gauges[("jamsostek_region_registered", (("region", "64.72"),))] == worker.regions()["64.72"]["registered"]
+    regions = worker.regions()
+    assert gauges[("jamsostek_region_registered", (("region", "64.72"),))] == regions["64.72"]["registered"]
+    # the correctly named quota gauge and its deprecated twin carry the same figures
+    quota = {k[1]: v for k, v in gauges.items() if k[0] == "jamsostek_region_quota"}
+    assert quota and quota == {k[1]: v for k, v in gauges.items() if k[0] == "jamsostek_region_quota_total"}
+    worker.wait(lambda: worker.metrics()[("jamsostek_stream_clock_seconds", ())]
+                == worker.regions()["64.72"]["clock_ms"] / 1000, 30, "the stream clock gauge to follow the tables")
+    # one series per input partition this worker holds (all: it is alone), and only the worker's own series
+    lag = {dict(k[1])["partition"] for k in gauges if k[0] == "jamsostek_consumer_lag_records"}
+    assert lag == {str(p) for p in range(settings.topic_partitions)}
+    assert not any(name.startswith("jamsostek_sink_") for name, _ in gauges)
 
 
 @pytest.mark.parametrize("store", ["memory", "rocksdb"])
@@ -240,6 +254,13 @@ def test_two_workers_split_the_work_and_both_answer_for_every_region(kafka, regi
             assert_regions_soon(w, expected, 90)
         # rebalance, two producers, interleaved partitions: still exactly the sequential fold's alerts
         assert_alerts_equal_the_sequential_fold(settings, a, events, SCALE)
+        # each input partition's lag is shown by the worker that holds it, and only by it (revoked series go)
+        def lag_series(w: Worker) -> set:
+            return {(dict(labels)["topic"], dict(labels)["partition"]) for name, labels in w.metrics()
+                    if name == "jamsostek_consumer_lag_records"}
+        a.wait(lambda: lag_series(a).isdisjoint(lag_series(b))
+               and len(lag_series(a) | lag_series(b)) == len(settings.topics.inputs) * settings.topic_partitions,
+               30, "one lag series per input partition across the two workers")
     finally:
         a.stop()
         b.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import re
 import time
 
@@ -23,7 +24,6 @@ from tests.test_topology import publish, wait_exact
 from tests.worker import Sink, Worker
 
 SCALE = 0.01
-OUTAGE_SECONDS = 30  # the issue's ~30 s database outage
 CONTRACT_TABLES = {"dim_region", "dim_program", "fact_registration", "fact_contribution", "fact_claim",
                    "region_snapshot", "region_alert"}
 FACTS = {"Registration": "fact_registration", "Contribution": "fact_contribution", "Claim": "fact_claim"}
@@ -187,34 +187,55 @@ def test_a_written_batch_is_committed_without_waiting_for_the_next(published, wa
         sink.stop()
 
 
-def test_postgres_outage_mid_run_loses_nothing(published, postgres, tmp_path):
-    """Stop PostgreSQL while the sink runs, publish more, start it again: complete, exact, nothing committed early."""
+def test_postgres_outage_past_max_poll_interval_loses_nothing_and_the_sink_stays_in_its_group(published, postgres,
+                                                                                             tmp_path):
+    """Stop PostgreSQL while the sink runs beside heavy mixed load, publish more, keep it down three times the
+    sink's max.poll.interval (10 s here; the 10-minute drill at the default 300 s: DRILL_OUTAGE_SECONDS=600
+    DRILL_MAX_POLL_SECONDS=300): the sink stays a member of its group with partitions (paused, still polling),
+    says not ready (database) while alive, commits nothing past unwritten data, and ends complete and exact."""
+    import requests
+
+    from tests.helpers import MixedLoad, assigned_members
+    max_poll = float(os.environ.get("DRILL_MAX_POLL_SECONDS", "10"))
+    outage = float(os.environ.get("DRILL_OUTAGE_SECONDS", str(3 * max_poll)))
     base, first = published
-    settings = sink_settings(base, postgres.create_database(unique("wh")),
+    settings = sink_settings(base, postgres.create_database(unique("wh")), sink_max_poll_interval_seconds=max_poll,
                              topic_prefix=unique() + ".")  # own topics: this test publishes in two halves
     events = list(Scenario.load(scale=SCALE, seed=7, duplicate_share=0.02).events(4))
     half = len(events) // 2
     publish(settings, events[:half])
     sink = Sink(settings, tmp_path / "sink.log")
-    try:
-        sink.start()
-        sink.wait(lambda: committed_total(settings) >= half, 120, "first half committed")
-        postgres.stop()
-        down = time.monotonic()
-        publish(settings, events[half:])
-        retries = lambda: sink.metrics().get(("jamsostek_sink_retries_total", ()), 0)  # noqa: E731
-        sink.wait(lambda: retries() >= 2, 60, "the sink retrying while the database is down")
-        time.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - down)))  # the database stays down ~30 s
-        assert sink.proc.poll() is None, sink.tail()
-        assert committed_total(settings) == half  # nothing committed past unwritten data
-        # capped backoff: it kept trying through the outage, without hammering the database
-        assert 3 <= retries() <= OUTAGE_SECONDS, retries()
-        postgres.start()
-        wait_facts(sink, settings.warehouse_url, expected_facts(events), len(events))
-    finally:
-        if not postgres.proc:
+    probe = lambda path: requests.get(f"http://127.0.0.1:{sink.metrics_port}{path}", timeout=5)  # noqa: E731
+    with MixedLoad(tmp_path, seconds=int(outage) + 300):
+        try:
+            sink.start()
+            sink.wait(lambda: committed_total(settings) >= half, 120, "first half committed")
+            sink.wait(lambda: probe("/readyz").status_code == 200, 60, "the sink ready")
+            postgres.stop()
+            down = time.monotonic()
+            publish(settings, events[half:])
+            retries = lambda: sink.metrics().get(("jamsostek_sink_retries_total", ()), 0)  # noqa: E731
+            sink.wait(lambda: retries() >= 2, 60, "the sink retrying while the database is down")
+            members, not_ready = set(), 0
+            while time.monotonic() - down < outage:  # sample the whole outage
+                assert sink.proc.poll() is None, sink.tail()
+                members.add(assigned_members(settings.kafka_bootstrap_servers, settings.sink_group_id))
+                ready = probe("/readyz")
+                not_ready += ready.status_code == 503 and ready.json()["failing"] == ["database"]
+                assert probe("/livez").ok
+                time.sleep(1)
+            assert members == {1}, f"the sink left its group during the outage: {members}\n{sink.tail()}"
+            assert not_ready > 0
+            assert committed_total(settings) == half  # nothing committed past unwritten data
+            assert "partitions paused" in sink.log.read_text()
             postgres.start()
-        sink.stop()
+            wait_facts(sink, settings.warehouse_url, expected_facts(events), len(events))
+            sink.wait(lambda: probe("/readyz").status_code == 200, 60, "the sink ready again")
+            assert "partitions resumed" in sink.log.read_text()
+        finally:
+            if not postgres.proc:
+                postgres.start()
+            sink.stop()
 
 
 def test_snapshots_follow_the_stream_tables_and_no_nik_anywhere(published, kafka, tmp_path):
@@ -265,6 +286,13 @@ def test_snapshots_follow_the_stream_tables_and_no_nik_anywhere(published, kafka
             dump = "\n".join(str(tuple(r)) for t in CONTRACT_TABLES for r in conn.execute(text(f"SELECT * FROM {t}")))
         engine.dispose()
         metrics_text = str(worker.metrics()) + str(sink.metrics())
+        # each process exports its own series only
+        assert not any(name.startswith("jamsostek_sink_") for name, _ in worker.metrics())
+        assert not any(name.startswith(("jamsostek_events", "jamsostek_region_", "jamsostek_consumer_lag"))
+                       for name, _ in sink.metrics())
+        sink.wait(lambda: sum(v for (name, _), v in sink.metrics().items() if name == "jamsostek_sink_lag_records")
+                  == 0 and any(name == "jamsostek_sink_lag_records" for name, _ in sink.metrics()), 30,
+                  "the sink's lag series, at 0 once everything is written")
     finally:
         sink.stop()
         worker.stop()

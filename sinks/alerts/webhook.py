@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 import aiohttp
 
 from streams.metrics import WEBHOOK_FAILURES
+from streams.retrying import retrying
 
 log = logging.getLogger(__name__)
 ZERO_TIME = "0001-01-01T00:00:00Z"  # Alertmanager's "no end time"
@@ -45,6 +46,10 @@ def alertmanager_payload(alert: dict, receiver: str = "jamsostek", external_url:
     }
 
 
+class WebhookRefused(Exception):
+    """The receiver answered, but not with 2xx."""
+
+
 class WebhookSender:
     def __init__(self, url: str, attempts: int = 8, first_delay: float = 0.5, max_delay: float = 30.0):
         self.url, self.attempts, self.first_delay, self.max_delay = url, attempts, first_delay, max_delay
@@ -61,19 +66,18 @@ class WebhookSender:
                 await self.deliver(session, alert)
 
     async def deliver(self, session: aiohttp.ClientSession, alert: dict) -> bool:
-        payload, delay = alertmanager_payload(alert), self.first_delay
-        for attempt in range(1, self.attempts + 1):
-            try:
-                async with session.post(self.url, json=payload) as response:
-                    if response.status < 300:
-                        return True
-                    problem = f"HTTP {response.status}"
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                problem = type(exc).__name__
-            if attempt < self.attempts:
-                log.warning("alert webhook attempt %d failed (%s); retrying in %.1fs", attempt, problem, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.max_delay)
-        WEBHOOK_FAILURES.inc()
-        log.error("alert webhook gave up on %s after %d attempts (%s)", alert["alert_id"], self.attempts, problem)
-        return False
+        payload = alertmanager_payload(alert)
+        try:
+            async for attempt in retrying("alert webhook POST", (WebhookRefused, aiohttp.ClientError,
+                                                                  asyncio.TimeoutError), log,
+                                          first=self.first_delay, cap=self.max_delay, attempts=self.attempts):
+                with attempt:
+                    async with session.post(self.url, json=payload) as response:
+                        if response.status >= 300:
+                            raise WebhookRefused(f"HTTP {response.status}")
+            return True
+        except (WebhookRefused, aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            WEBHOOK_FAILURES.inc()
+            log.error("alert webhook gave up on %s after %d attempts (%s)", alert["alert_id"], self.attempts,
+                      str(exc) or type(exc).__name__)
+            return False

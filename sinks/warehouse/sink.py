@@ -3,8 +3,9 @@
 Like Quix Streams' sinks and Kafka Connect's JDBC sink, at its core it is "write a batch, then commit": records are
 collected by size (``SINK_BATCH_SIZE``) and time (``SINK_LINGER_SECONDS``), written in one database transaction
 with idempotent upserts keyed on ``event_id``, and only then are their offsets committed. While the database is
-down the same batch is retried with capped exponential backoff; nothing is committed past unwritten data, so a
-crash at any point re-delivers at most the uncommitted batches, which the upserts absorb. The next batch is read
+down the same batch is retried with capped, jittered exponential backoff (streams/retrying.py) and the consumer goes
+on polling with its partitions paused, so it stays in its group however long the outage; nothing is committed past
+unwritten data, so a crash at any point re-delivers at most the uncommitted batches, which the upserts absorb. The next batch is read
 and turned into rows while the previous one is written and committed (one batch ahead, at most).
 
 Records that fail decoding or validation are skipped here (counted as ``skipped_invalid``): the stream worker
@@ -18,7 +19,7 @@ from collections import Counter, defaultdict
 from datetime import datetime, timezone
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import CommitFailedError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from sqlalchemy import Table
 from sqlalchemy.exc import InterfaceError, OperationalError
 
@@ -26,8 +27,10 @@ from sinks.warehouse import db, rows
 from sinks.warehouse.models import FACT_TABLES, UPSERT, region_alert, region_snapshot
 from streams import validation
 from streams.config import Settings
-from streams.metrics import SINK_RECORDS, SINK_RETRIES, SINK_WRITE
+from streams.metrics import SINK_LAG, SINK_RECORDS, SINK_REGISTRY, SINK_RETRIES, SINK_WRITE, PartitionGauge
+from streams.probes import serve
 from streams.read_model import RegionReadModel
+from streams.retrying import retrying
 from streams.serde import AvroSerde, DecodeError
 
 log = logging.getLogger(__name__)
@@ -41,6 +44,8 @@ class WarehouseSink:
         self.key = settings.pseudonym_key_bytes()
         self.read_model = RegionReadModel(settings)
         self.record_names = {**settings.topics.inputs, settings.topics.region_alerts: "RegionAlert"}
+        self.database_ok = True  # until a write fails
+        self.consumer: AIOKafkaConsumer | None = None
 
     # -- the loop -----------------------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -49,9 +54,13 @@ class WarehouseSink:
                                     session_timeout_ms=int(s.kafka_session_timeout_seconds * 1000),
                                     heartbeat_interval_ms=int(s.kafka_heartbeat_seconds * 1000),
                                     group_id=s.sink_group_id, enable_auto_commit=False,
-                                    auto_offset_reset="earliest", max_poll_records=s.sink_batch_size)
+                                    auto_offset_reset="earliest", max_poll_records=s.sink_batch_size,
+                                    max_poll_interval_ms=int(s.sink_max_poll_interval_seconds * 1000))
         await consumer.start()
-        helpers = [asyncio.create_task(self.read_model.run()), asyncio.create_task(self._snapshots())]
+        self.consumer = consumer
+        helpers = [asyncio.create_task(self.read_model.run()), asyncio.create_task(self._snapshots()),
+                   asyncio.create_task(serve(s.http_host, s.sink_metrics_port, SINK_REGISTRY, self.health)),
+                   asyncio.create_task(self._lag(consumer))]
         log.info("warehouse sink consuming %s as group %s into %s", ", ".join(self.record_names), s.sink_group_id,
                  self.engine.url.render_as_string(hide_password=True))
         pending = None  # the previous batch's write and then its commit: runs while the next batch is read
@@ -61,8 +70,8 @@ class WarehouseSink:
                 if not batch:
                     continue
                 table_rows = await self._rows(batch)
-                if pending is not None:
-                    await pending  # one batch in flight at most; commits stay in batch order
+                if pending is not None:  # one batch in flight at most; commits stay in batch order
+                    await self._wait_polling(consumer, pending)
                 pending = asyncio.create_task(self._write_and_commit(consumer, table_rows, batch))
                 # let the write start (its thread) now: reading the next batch need not suspend, and the task
                 # would otherwise first run at the ``await pending`` above, one batch later: no overlap at all
@@ -74,6 +83,50 @@ class WarehouseSink:
                 task.cancel()
             await consumer.stop()
             self.engine.dispose()
+
+    async def _wait_polling(self, consumer: AIOKafkaConsumer, write: asyncio.Task) -> None:
+        """Wait for the previous batch's write and commit. While that takes long (the database is down) the
+        consumer keeps polling with every partition paused: the group sees a live member however long the outage
+        (past ``max.poll.interval`` a silent member is dropped and its partitions move), and nothing more is
+        fetched or buffered until the database takes writes again."""
+        paused = False
+        while True:
+            done, _ = await asyncio.wait({write}, timeout=self.settings.sink_poll_seconds)
+            if done:
+                break
+            if not paused:
+                log.warning("the warehouse write is taking long; partitions paused, still polling the group")
+                paused = True
+            consumer.pause(*consumer.assignment())  # newly assigned partitions too
+            got = await consumer.getmany(timeout_ms=0)
+            assert not any(got.values()), "paused partitions return no records"
+        if paused:
+            consumer.resume(*consumer.paused())
+            log.info("warehouse writes go through again; partitions resumed")
+        write.result()
+
+    async def _lag(self, consumer: AIOKafkaConsumer) -> None:
+        """Every few seconds: records not yet in the warehouse per assigned partition (end - committed)."""
+        lag = PartitionGauge(SINK_LAG)
+        while True:
+            await asyncio.sleep(5)
+            values = {}
+            try:
+                for tp in consumer.assignment():
+                    highwater = consumer.highwater(tp)
+                    if highwater is not None:
+                        values[(tp.topic, tp.partition)] = max(highwater - (await consumer.committed(tp) or 0), 0)
+            except (IllegalStateError, KafkaError) as exc:  # revoked meanwhile, broker away: next round
+                log.debug("sink lag not measured this round: %s", exc)
+                continue
+            lag.set(values)
+
+    def health(self) -> dict[str, bool]:
+        """Readiness checks: a member of its group with partitions, the last database write went through, the
+        region read model (for snapshots) loaded."""
+        consumer = self.consumer
+        return {"assigned": bool(consumer is not None and consumer.assignment()),
+                "database": self.database_ok, "read_model": self.read_model.ready.is_set()}
 
     async def _collect(self, consumer: AIOKafkaConsumer) -> list:
         """Up to ``sink_batch_size`` records, waiting at most ``sink_linger_seconds`` for the batch to fill."""
@@ -113,19 +166,17 @@ class WarehouseSink:
         return out
 
     async def _write(self, batch: dict[Table, list[dict]]) -> None:
-        """One transaction for the whole batch; retried (same rows) until the database takes it."""
-        delay = 0.5
-        while True:
-            try:
+        """One transaction for the whole batch; the same rows retried (streams/retrying.py) until the database
+        takes them."""
+        def failed(_) -> None:
+            self.database_ok = False
+            SINK_RETRIES.inc()
+        async for attempt in retrying("warehouse write", (OperationalError, InterfaceError), log,
+                                      cap=self.settings.sink_max_backoff_seconds, on_retry=failed):
+            with attempt:
                 with SINK_WRITE.time():
                     await asyncio.to_thread(self._write_sync, batch)
-                return
-            except (OperationalError, InterfaceError) as exc:
-                SINK_RETRIES.inc()
-                log.warning("warehouse write failed (%s); retrying the same batch in %.1fs",
-                            str(exc.orig or exc).splitlines()[0], delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.settings.sink_max_backoff_seconds)
+        self.database_ok = True
 
     def _write_sync(self, batch: dict[Table, list[dict]]) -> None:
         with self.engine.begin() as conn:

@@ -1,0 +1,79 @@
+"""Unit tier: the readiness answer, per-partition gauges that forget revoked partitions, the one retry policy, and
+which series each process registers."""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
+
+from streams import metrics
+from streams.metrics import PartitionGauge
+from streams.probes import readiness
+from streams.retrying import retrying, wait_policy
+
+
+def test_readiness_names_what_fails():
+    assert readiness({"assigned": True, "database": True}) == (
+        200, {"status": "ready", "checks": {"assigned": True, "database": True}, "failing": []})
+    status, body = readiness({"assigned": True, "database": False, "read_model": False})
+    assert status == 503 and body["failing"] == ["database", "read_model"]
+
+
+def test_a_partition_gauge_removes_series_of_partitions_no_longer_held():
+    registry = CollectorRegistry()
+    lag = PartitionGauge(Gauge("lag_records", "lag", ["topic", "partition"], registry=registry))
+    lag.set({("t", 0): 5, ("t", 1): 7})
+    lag.set({("t", 1): 3})  # partition 0 revoked
+    text = generate_latest(registry).decode()
+    assert 'lag_records{partition="1",topic="t"} 3.0' in text and 'partition="0"' not in text
+
+
+def test_the_wait_grows_exponentially_with_jitter_up_to_the_cap():
+    from tenacity import RetryCallState
+    wait = wait_policy(first=0.5, cap=8.0)
+    waits = []
+    for attempt in range(1, 9):
+        state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})
+        state.attempt_number = attempt
+        waits.append([wait(state) for _ in range(200)])
+    for n, samples in enumerate(waits[:4]):  # 0.5, 1, 2, 4 plus up to 0.5 of jitter
+        base = 0.5 * 2 ** n
+        assert all(base <= w <= base + 0.5 for w in samples) and len(set(samples)) > 1  # really random
+    assert all(w == 8.0 for samples in waits[5:] for w in samples)  # capped
+
+
+def test_retrying_retries_only_the_named_errors_and_gives_up_after_the_attempts(caplog):
+    calls = []
+
+    async def flaky(fail: int, error: type[Exception]):
+        async for attempt in retrying("a flaky call", (ConnectionError,), logging.getLogger("t"), first=0.001,
+                                      cap=0.002, attempts=4):
+            with attempt:
+                calls.append(1)
+                if len(calls) <= fail:
+                    raise error("down")
+                return "ok"
+
+    with caplog.at_level(logging.WARNING, logger="t"):
+        assert asyncio.run(flaky(2, ConnectionError)) == "ok" and len(calls) == 3
+    assert caplog.text.count("a flaky call failed (down); attempt") == 2
+    calls.clear()
+    with pytest.raises(ConnectionError):
+        asyncio.run(flaky(10, ConnectionError))
+    assert len(calls) == 4
+    calls.clear()
+    with pytest.raises(ValueError):  # not transient: raised at once
+        asyncio.run(flaky(1, ValueError))
+    assert len(calls) == 1
+
+
+def test_each_process_registers_only_its_own_series():
+    worker = generate_latest(metrics.WORKER_REGISTRY).decode()
+    sink = generate_latest(metrics.SINK_REGISTRY).decode()
+    assert "jamsostek_sink_" not in worker and "jamsostek_events_total" in worker
+    assert "jamsostek_events_total" not in sink and "jamsostek_region_" not in sink
+    assert "jamsostek_sink_records_total" in sink
+    for text in (worker, sink):
+        assert "jamsostek_nik_redacted_total" in text and "process_cpu_seconds_total" in text
