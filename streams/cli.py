@@ -1,6 +1,8 @@
 """`jamsostek`: one entry point for the local stack, the simulator and (later) the workers."""
 from __future__ import annotations
 
+import enum
+import os
 import shutil
 import signal
 import sys
@@ -15,13 +17,57 @@ from streams import privacy
 from streams.config import Settings
 
 app = typer.Typer(help="Live BPJS Ketenagakerjaan coverage for East Kalimantan, on Kafka + Faust.",
-                  no_args_is_help=True, pretty_exceptions_show_locals=False)
-console = Console(stderr=True)
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+console = Console(stderr=True, soft_wrap=True)  # an error stays one line, however narrow the terminal
+DEBUG_ENV = "JAMSOSTEK_DEBUG"  # set to 1 for a full traceback instead of the one-line error
+
+
+class LogLevel(str, enum.Enum):
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
+
+
+LogLevelOpt = typer.Option(LogLevel.info, "--loglevel", case_sensitive=False, help="how much the process logs")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+        try:
+            number = version("kaltim-jamsostek-stream")
+        except PackageNotFoundError:  # run from a checkout without installing
+            import tomllib
+
+            from streams.config import PROJECT_ROOT
+            number = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]["version"]
+        typer.echo(f"jamsostek {number}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                          help="print the version and exit")) -> None:
+    """Live BPJS Ketenagakerjaan coverage for East Kalimantan, on Kafka + Faust."""
+
+
+def main() -> None:
+    """The `jamsostek` entry point: usage errors exit 2 (click), runtime errors print one readable line and exit 1
+    (``JAMSOSTEK_DEBUG=1`` shows the traceback)."""
+    try:
+        app()
+    except Exception as exc:  # anything a command did not handle itself
+        if os.environ.get(DEBUG_ENV):
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        console.print(f"[red]error:[/] {type(exc).__name__}{': ' + first if first else ''}  "
+                      f"(set {DEBUG_ENV}=1 for the traceback)")
+        sys.exit(1)
 
 
 def _settings(config: Optional[Path]) -> Settings:
     if config is not None:
-        import os
         os.environ["JAMSOSTEK_CONFIG"] = str(config)
     try:
         return Settings()
@@ -33,7 +79,7 @@ def _settings(config: Optional[Path]) -> Settings:
 ConfigOpt = typer.Option(None, "--config", "-c", help="TOML file with settings (env vars still win)", exists=True)
 
 
-def _fail(exc: Exception) -> None:
+def _fail(exc: Exception | str) -> None:
     console.print(f"[red]error:[/] {exc}")
     raise typer.Exit(1)
 
@@ -103,21 +149,27 @@ def _print_endpoints(s: Settings) -> None:
 @app.command()
 def topics(config: Optional[Path] = ConfigOpt) -> None:
     """Create the contract's topics on the configured broker (idempotent)."""
-    from streams.topics import ensure_topics
-    created = ensure_topics(_settings(config))
+    from streams.topics import BrokerUnreachable, ensure_topics
+    s = _settings(config)
+    try:
+        created = ensure_topics(s)
+    except BrokerUnreachable as exc:
+        _fail(f"{exc}; is Kafka running? (`jamsostek broker` starts one locally)")
     console.print(f"created: {', '.join(created) or 'nothing (all exist)'}")
 
 
 @app.command()
 def simulate(
     config: Optional[Path] = ConfigOpt,
-    months: Optional[int] = typer.Option(None, help="months of history to replay (default: the scenario's)"),
-    rate: float = typer.Option(0, help="events/s while replaying history; 0 = as fast as possible"),
-    live_rate: float = typer.Option(0, "--live", help="after the history, go on live at this many events/s"),
+    months: Optional[int] = typer.Option(None, min=1, help="months of history to replay (default: the scenario's)"),
+    rate: float = typer.Option(0, min=0, help="events/s while replaying history; 0 = as fast as possible"),
+    live_rate: float = typer.Option(0, "--live", min=0, help="after the history, go on live at this many events/s"),
     seed: Optional[int] = typer.Option(None, help="random seed (default: the scenario's)"),
-    scale: Optional[float] = typer.Option(None, help="size relative to the real province (1.0 = ~250k people)"),
-    bad_share: float = typer.Option(0.0, help="share of extra, deliberately invalid records"),
-    duplicate_share: float = typer.Option(0.0, help="share of records re-sent with the same event_id"),
+    scale: Optional[float] = typer.Option(None, min=0.0001, max=10.0,
+                                          help="size relative to the real province (1.0 = ~250k people)"),
+    bad_share: float = typer.Option(0.0, min=0.0, max=1.0, help="share of extra, deliberately invalid records (0-1)"),
+    duplicate_share: float = typer.Option(0.0, min=0.0, max=1.0,
+                                          help="share of records re-sent with the same event_id (0-1)"),
     scenario_file: Optional[Path] = typer.Option(None, "--scenario", exists=True, help="scenario TOML"),
 ) -> None:
     """Publish a realistic, seeded, event-time-ordered stream of Kaltim events."""
@@ -160,7 +212,7 @@ def regions() -> None:
 
 @app.command()
 def worker(config: Optional[Path] = ConfigOpt,
-           loglevel: str = typer.Option("info", help="debug, info, warning, error")) -> None:
+           loglevel: LogLevel = LogLevelOpt) -> None:
     """Run a stream worker: decode, validate, keep the participant and region tables, serve /regions and /metrics."""
     import faulthandler
     import faust
@@ -175,13 +227,13 @@ def worker(config: Optional[Path] = ConfigOpt,
     except ValueError as exc:  # e.g. production mode without PSEUDONYM_KEY
         _fail(exc)
     if s.profile_path is None:
-        faust.Worker(topo.app, loglevel=loglevel, quiet=True).execute_from_commandline()
+        faust.Worker(topo.app, loglevel=loglevel.value, quiet=True).execute_from_commandline()
         return
     from pyinstrument import Profiler
     profiler = Profiler(interval=0.005)
     profiler.start()
     try:
-        faust.Worker(topo.app, loglevel=loglevel, quiet=True).execute_from_commandline()
+        faust.Worker(topo.app, loglevel=loglevel.value, quiet=True).execute_from_commandline()
     finally:
         profiler.stop()
         s.profile_path.with_suffix(".html").write_text(profiler.output_html())
@@ -189,15 +241,25 @@ def worker(config: Optional[Path] = ConfigOpt,
         profiler.last_session.save(str(s.profile_path.with_suffix(".pyisession")))  # pyinstrument --load: re-render
 
 
-@app.command()
+@app.command(context_settings={"ignore_unknown_options": True})  # `migrate -1` is a revision, not an option
 def migrate(config: Optional[Path] = ConfigOpt,
-            revision: str = typer.Argument("head", help="target revision (head, or e.g. base to empty it)")) -> None:
+            revision: str = typer.Argument("head", help="target revision: head (default), or base / -1 to go down "
+                                                          "(drops tables: asks first)"),
+            yes: bool = typer.Option(False, "--yes", "-y", help="do not ask before a downgrade")) -> None:
     """Create or upgrade the warehouse schema (Alembic) at WAREHOUSE_URL and load the dimension tables."""
     from sinks.warehouse import db
     s = _settings(config)
     url = s.warehouse_url
+    down = revision == "base" or revision.startswith("-")
+    if down and not yes:
+        if not sys.stdin.isatty():
+            console.print(f"[red]error:[/] `migrate {revision}` drops warehouse tables at {_safe_url(url)}; "
+                          "pass --yes to confirm")
+            raise typer.Exit(2)
+        typer.confirm(f"Downgrade the warehouse at {_safe_url(url)} to {revision}? This drops tables and their rows",
+                      abort=True)
     try:
-        if revision in ("base", "-1") or revision.startswith("-"):
+        if down:
             db.downgrade(url, revision)
         else:
             db.migrate(url, revision)
@@ -213,7 +275,7 @@ def _safe_url(url: str) -> str:
 
 @app.command()
 def sink(config: Optional[Path] = ConfigOpt,
-         loglevel: str = typer.Option("info", help="debug, info, warning, error")) -> None:
+         loglevel: LogLevel = LogLevelOpt) -> None:
     """Run the warehouse sink: migrate, then write facts and region snapshots, committing offsets after each batch."""
     import asyncio
     import logging
@@ -221,7 +283,7 @@ def sink(config: Optional[Path] = ConfigOpt,
     from sinks.warehouse.sink import WarehouseSink
     s = _settings(config)
     privacy.install_log_scrubber()
-    logging.basicConfig(level=loglevel.upper(), format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=loglevel.value.upper(), format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx2").setLevel(logging.WARNING)  # one line per registry lookup is noise
     try:
         s.pseudonym_key_bytes()  # production without a key: refuse before touching anything
@@ -292,4 +354,4 @@ def run(
 
 
 if __name__ == "__main__":
-    app()
+    main()

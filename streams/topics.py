@@ -1,6 +1,9 @@
-"""Create the CONTRACT.md topics (idempotent)."""
+"""Create the topics of docs/contract.md (idempotent)."""
 from __future__ import annotations
 
+import logging
+
+from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 from confluent_kafka.error import KafkaError
 
@@ -16,7 +19,9 @@ DLQ_CONFIG = {"cleanup.policy": "delete", "retention.ms": str(30 * 86_400_000), 
 
 
 def admin(settings: Settings) -> AdminClient:
-    return AdminClient(settings.librdkafka_conf())
+    """librdkafka's own log lines (a connection refused every 50 ms while no broker answers) go to the Python
+    logger ``librdkafka``: into the process's log where one is configured, nowhere for a one-shot CLI command."""
+    return AdminClient({**settings.librdkafka_conf(), "logger": logging.getLogger("librdkafka")})
 
 
 # Changelogs are compacted, but the broker compacts only closed segments, and a segment closes at 1 GiB by
@@ -38,6 +43,10 @@ def app_topics(topo) -> dict[str, dict[str, str]]:
                      for table in topo.app.tables.values()}
 
 
+class BrokerUnreachable(ConnectionError):
+    pass
+
+
 def ensure_topics(settings: Settings, timeout: float = 30, extra: dict[str, dict[str, str]] | None = None) -> list[str]:
     """Create missing topics (the contract's, plus ``extra``); returns the names created now.
 
@@ -47,6 +56,11 @@ def ensure_topics(settings: Settings, timeout: float = 30, extra: dict[str, dict
     wanted = {name: INPUT_CONFIG for name in t.inputs} | {t.region_alerts: ALERT_CONFIG, t.dead_letter: DLQ_CONFIG}
     wanted |= extra or {}
     client = admin(settings)  # must outlive the futures, or librdkafka destroys the handle under them
+    try:
+        client.list_topics(timeout=min(timeout, 10))  # fail in seconds, saying why, when no broker answers
+    except KafkaException as exc:
+        raise BrokerUnreachable(f"no Kafka broker answered at {settings.kafka_bootstrap_servers} "
+                                f"({exc.args[0].str() if exc.args else exc})") from None
     futures = client.create_topics(
         [NewTopic(name, settings.topic_partitions, 1, config=config) for name, config in wanted.items()],
         operation_timeout=timeout, request_timeout=timeout,

@@ -70,8 +70,8 @@ SERVICES = {"kafka", "registry", "postgres", "own_broker"}
 
 
 def pytest_collection_modifyitems(config, items):
-    """``-m unit``: every test whose fixtures (followed all the way down) start no broker, registry or PostgreSQL
-    (`make unit`: seconds, no services)."""
+    """``-m unit``: every test whose fixtures (followed all the way down) start no broker, registry or PostgreSQL,
+    and that starts no stack of its own (``slow``: the CLI's broker and run commands) (`make unit`: seconds)."""
     for item in items:
-        if not SERVICES & set(getattr(item, "fixturenames", ())):
+        if not SERVICES & set(getattr(item, "fixturenames", ())) and item.get_closest_marker("slow") is None:
             item.add_marker(pytest.mark.unit)

@@ -59,6 +59,69 @@ def test_bad_config_file_is_a_readable_error(tmp_path):
     assert "Traceback" not in out.stderr
 
 
+def test_version():
+    out = cli("--version")
+    assert out.returncode == 0 and out.stdout.strip().startswith("jamsostek 0.")
+
+
+@pytest.mark.parametrize("args, says", [
+    (("worker", "--loglevel", "loud"), "'loud' is not one of"),
+    (("sink", "--loglevel", "loud"), "'loud' is not one of"),
+    (("simulate", "--bad-share", "3"), "--bad-share"),
+    (("simulate", "--duplicate-share", "-0.5"), "--duplicate-share"),
+    (("simulate", "--scale", "0"), "--scale"),
+    (("simulate", "--months", "0"), "--months"),
+    (("simulate", "--live", "-1"), "--live"),
+])
+def test_bad_options_are_usage_errors_before_anything_starts(args, says, tmp_path):
+    out = cli(*args, env={"STATE_DIR": str(tmp_path), "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}, timeout=60)
+    assert out.returncode == 2, out.stderr
+    assert says in out.stderr and "Traceback" not in out.stderr
+
+
+def test_no_broker_is_a_one_line_runtime_error(tmp_path):
+    port = free_port()  # nothing listens there
+    for args in (("topics",), ("simulate", "--months", "1")):
+        out = cli(*args, env={"KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{port}", "STATE_DIR": str(tmp_path)},
+                  timeout=90)
+        lines = [line for line in out.stderr.splitlines() if line.strip()]
+        assert out.returncode == 1, out.stderr
+        assert len(lines) == 1 and f"no Kafka broker answered at 127.0.0.1:{port}" in lines[0], out.stderr
+        assert "Traceback" not in out.stderr
+
+
+def test_migrate_goes_down_only_when_confirmed(tmp_path):
+    import sqlite3
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+
+    def tables() -> set[str]:
+        with sqlite3.connect(tmp_path / "w.db") as db:
+            return {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert cli("migrate", env={"WAREHOUSE_URL": url}).returncode == 0
+    assert "fact_registration" in tables()
+    for revision in ("-1", "base"):  # `-1` is a revision, not an unknown option
+        refused = cli("migrate", revision, env={"WAREHOUSE_URL": url})  # no terminal to ask on: refused
+        assert refused.returncode == 2 and "--yes" in refused.stderr and "Traceback" not in refused.stderr
+        assert "fact_registration" in tables()
+    # at a terminal it asks; "n" keeps the tables
+    import pty
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execvpe(sys.executable, [*JAMSOSTEK, "migrate", "base"], {**os.environ, "WAREHOUSE_URL": url})
+    seen = b""
+    deadline = time.monotonic() + 60
+    while b"drops tables" not in seen and time.monotonic() < deadline:
+        seen += os.read(fd, 1024)
+    os.write(fd, b"n\n")
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    assert b"Downgrade the warehouse" in seen and os.waitstatus_to_exitcode(status) == 1
+    assert "fact_registration" in tables()
+    done = cli("migrate", "-1", "--yes", env={"WAREHOUSE_URL": url})
+    assert done.returncode == 0, done.stderr
+    assert "fact_registration" not in tables()
+
+
 def test_config_file_and_env_precedence(tmp_path, monkeypatch):
     from streams.config import Settings
     f = tmp_path / "c.toml"
@@ -186,9 +249,15 @@ def test_a_stop_signal_to_the_broker_command_stops_kafka_and_the_registry(tmp_pa
         marker = "Kafka 4" if moment == "registry starting" else "Ctrl-C stops the stack"
         wait_for(lambda: marker in log.read_text() or proc.poll() is not None, 240, marker)
         assert proc.poll() is None, log.read_text()
-        children = descendants(proc.pid)
-        java = [pid for pid in children if "java" in open(f"/proc/{pid}/cmdline").read()]
-        assert len(java) == 2, (children, log.read_text())  # Kafka and the registry (maybe still starting)
+        def java_children() -> dict[int, int]:
+            found = descendants(proc.pid)
+            def is_java(pid: int) -> bool:
+                try:
+                    return "java" in open(f"/proc/{pid}/cmdline").read()
+                except FileNotFoundError:
+                    return False
+            return found if sum(map(is_java, found)) == 2 else {}
+        children = wait_for(java_children, 60, "Kafka and the registry (maybe still starting) running")
         proc.send_signal(sig)
         if moment == "registry starting":
             assert "schema registry ready" not in log.read_text()  # the signal came before the stack was up

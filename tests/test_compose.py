@@ -64,3 +64,42 @@ def test_dockerfile_copies_what_exists():
         if line.startswith("COPY "):
             for source in line.split()[1:-1]:
                 assert (PROJECT_ROOT / source).exists(), source
+
+
+ONE_SHOT = {"topics"}  # runs to completion; everything else runs until stopped
+
+
+def test_every_service_restarts_and_waits_for_what_it_needs_to_be_healthy():
+    for name, service in SERVICES.items():
+        assert service.get("restart") == ("on-failure" if name in ONE_SHOT | {"simulator"} else "unless-stopped"), name
+        depends = service.get("depends_on", {})
+        assert isinstance(depends, dict), f"{name}: depends_on needs conditions, not a bare list"
+        for needed, how in depends.items():
+            condition = how["condition"]
+            if needed in ONE_SHOT:
+                assert condition == "service_completed_successfully", (name, needed)
+            elif needed in ("kafka", "schema-registry", "postgres"):
+                assert condition == "service_healthy", (name, needed)
+                assert "healthcheck" in SERVICES[needed], f"{needed} has no healthcheck to wait for"
+    # whatever talks to the registry waits until it answers
+    for name in ("simulator", "worker", "worker-2", "sink"):
+        assert SERVICES[name]["depends_on"]["schema-registry"] == {"condition": "service_healthy"}, name
+
+
+def test_project_services_are_probed_on_their_own_ports_and_paths():
+    for name in ("worker", "worker-2"):
+        check = " ".join(SERVICES[name]["healthcheck"]["test"])
+        assert f"localhost:{SERVICES[name]['environment']['WEB_PORT']}/readyz" in check
+    sink = SERVICES["sink"]
+    assert f"localhost:{sink['environment']['SINK_METRICS_PORT']}/livez" in " ".join(sink["healthcheck"]["test"])
+
+
+def test_consumers_accept_the_simulators_clock_running_ahead():
+    """The simulator goes live ahead of the wall clock (as under `jamsostek run`): the consumers' future bound must
+    allow it, or after ~30-40 minutes every record is dead-lettered as invalid_timestamp."""
+    from streams.simulator import Scenario
+    assert "simulator" in SERVICES
+    months = Scenario.load().months
+    for name in ("worker", "worker-2", "sink"):
+        bound = float(SERVICES[name]["environment"]["MAX_FUTURE_DAYS"])
+        assert bound >= 365 * 100 and bound >= months * 31, name
