@@ -79,8 +79,8 @@ def test_high_watermarks_match_produced_counts(kafka):
 
 
 def test_aiokafka_group_join_is_about_a_second(kafka):
-    """Faust's consumer is aiokafka; with group.initial.rebalance.delay.ms=0 a lone member is assigned at once.
-    The bound is generous (a misconfigured broker takes 3 s + rebalance, the Tansu broker ~25 s)."""
+    """Faust's consumer is aiokafka; with group.initial.rebalance.delay.ms=0 (as the broker reports) a lone member
+    is assigned at once, in the group's first generation. The time is printed, not asserted (a busy machine)."""
     topic = create(kafka, unique("grp-"), partitions=4)
 
     async def join_and_consume() -> tuple[float, list[bytes]]:
@@ -95,6 +95,7 @@ def test_aiokafka_group_join_is_about_a_second(kafka):
         msg = await asyncio.wait_for(consumer.getone(), 30)
         joined = time.monotonic() - started
         assert len(consumer.assignment()) == 4
+        assert consumer._coordinator.generation == 1  # one join, no extra rebalance round
         await consumer.commit()
         await consumer.stop()
         return joined, [msg.value]
@@ -102,7 +103,11 @@ def test_aiokafka_group_join_is_about_a_second(kafka):
     joined, values = asyncio.run(join_and_consume())
     print(f"aiokafka group join + first record: {joined:.2f}s")
     assert values == [b"hello"]
-    assert joined < 8
+    from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
+    resource = ConfigResource(ResourceType.BROKER, "1")
+    admin = AdminClient({"bootstrap.servers": kafka.bootstrap})  # must outlive the future
+    configs = admin.describe_configs([resource])[resource].result(30)
+    assert configs["group.initial.rebalance.delay.ms"].value == "0"
 
 
 def test_committed_offsets_resume_a_group(kafka):

@@ -99,7 +99,7 @@ def test_broker_restart_mid_stream_workers_and_sink_reconnect_and_finish_exact(o
     try:
         worker.wait(lambda: sum(worker.events_accounted().values()) > half // 3, 120, "the worker under way")
         own_broker.stop()  # clean shutdown; the data directory stays
-        time.sleep(10)     # both keep retrying while the broker is away
+        time.sleep(10)  # the fault: the broker stays away 10 s (both keep retrying meanwhile), not a wait for an event
         assert worker.proc.poll() is None and sink.proc.poll() is None
         own_broker.start()
         publish(settings, events[half:])
@@ -170,7 +170,11 @@ def output_copies(settings: Settings, events) -> dict[str, collections.Counter]:
             "alerts": collections.Counter({k: n - 1 for k, n in alerts.items() if n > 1})}
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+class ExactlyOnceStalled(AssertionError):
+    """The known failure of Faust's exactly_once below: the pipeline never commits to the end of its input."""
+
+
+@pytest.mark.xfail(strict=True, raises=ExactlyOnceStalled, reason=(
     "faust-streaming 0.15.3 exactly_once: a send joins the transaction of its *destination* partition number, "
     "committed only when offsets of a same-numbered source partition advance. Records repartitioned to another "
     "partition number stay in an open transaction, invisible to read_committed readers (the worker's own next "
@@ -189,8 +193,12 @@ def test_exactly_once_mode_finishes_exact_with_no_duplicate_output(kafka, regist
     publish(settings, events, partition=0)
     worker = Worker(settings, tmp_path / "worker.log").start()
     try:
-        worker.wait(lambda: progress(settings, settings.app_id, list(settings.topics.inputs)) >= len(events), 120,
-                    "committed to the end")
+        try:
+            worker.wait(lambda: progress(settings, settings.app_id, list(settings.topics.inputs)) >= len(events),
+                        120, "committed to the end")
+        except AssertionError as exc:  # exactly this, and nothing else, is the expected failure
+            raise ExactlyOnceStalled(f"stalled at {progress(settings, settings.app_id, list(settings.topics.inputs))}"
+                                     f" of {len(events)} input records committed") from exc
         assert_regions_soon(worker, expected_regions(events, scale=scale), 45)
         extra = output_copies(settings, events)
         assert all(not +c and not -c for c in extra.values()), extra
