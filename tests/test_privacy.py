@@ -127,10 +127,20 @@ def test_niks_planted_in_every_free_text_field_never_leave_worker_or_sink(kafka,
             event.record["claim_id"] = f"KLM/{text_of}"
             planted["claim_id"] += 1
     assert all(n > 5 for n in planted.values()), planted
-    bad = dataclasses.replace(events[0], record={**events[0].record, "region_code": events[1].key,
+    # and in every validated string field, which makes the record invalid: the dead-letter reason must not echo it
+    contribution = next(e for e in events if e.record_name == "Contribution")
+    bad = [dataclasses.replace(events[0], record={**events[0].record, "region_code": events[1].key,
                                                   "event_id": "0c6a3b1e-7a8b-4c1d-9e2f-3a4b5c6d7e8f"},
-                              expect="dead_letter", fault="unknown_region")
-    events.append(bad)
+                               expect="dead_letter", fault="unknown_region"),
+           dataclasses.replace(events[2], record={**events[2].record, "event_id": events[3].key},
+                               expect="dead_letter", fault="invalid_event_id"),
+           dataclasses.replace(events[4], record={**events[4].record, "nik": events[4].key + "9",
+                                                  "event_id": "1c6a3b1e-7a8b-4c1d-9e2f-3a4b5c6d7e8f"},
+                               expect="dead_letter", fault="invalid_nik"),
+           dataclasses.replace(contribution, record={**contribution.record, "period": events[5].key,
+                                                     "event_id": "2c6a3b1e-7a8b-4c1d-9e2f-3a4b5c6d7e8f"},
+                               expect="dead_letter", fault="invalid_period")]
+    events += bad
     settings = Settings(kafka_bootstrap_servers=kafka.bootstrap, schema_registry_url=registry.url,
                         topic_prefix=unique() + ".", topic_partitions=3, state_dir=tmp_path / "state",
                         app_id=unique("app-"), target_scale=scale)
@@ -143,8 +153,8 @@ def test_niks_planted_in_every_free_text_field_never_leave_worker_or_sink(kafka,
         expected = expected_regions(events, scale=scale)
         worker.wait(lambda: {c: comparable(v) for c, v in worker.regions().items()} == expected, 60,
                     "tables equal to the fold: free text changes no figure")
-        assert worker.events_accounted() == {"processed": len(events) - 1, "dead_letter": 1}
-        valid = len(events) - 1
+        assert worker.events_accounted() == {"processed": len(events) - len(bad), "dead_letter": len(bad)}
+        valid = len(events) - len(bad)
         sink.wait(lambda: sum(sink.outcomes("jamsostek_sink_records_total").values()) >= len(events), 60,
                   "the sink to consume every record")
         engine = create_engine(url)
@@ -162,9 +172,10 @@ def test_niks_planted_in_every_free_text_field_never_leave_worker_or_sink(kafka,
         sink.stop()
         worker.stop()
     dead = read_all(kafka.bootstrap, settings.topics.dead_letter)
-    assert len(dead) == 1 and dict(dead[0].headers)["dlq.reason"] == b"unknown_region"
-    assert b"[NIK]" in dict(dead[0].headers)["dlq.error"]
-    assert dead[0].value  # the original bytes stay for a replay, in the restricted dead-letter topic
+    reasons = {dict(d.headers)["dlq.reason"].decode(): dict(d.headers)["dlq.error"] for d in dead}
+    assert set(reasons) == {e.fault for e in bad}
+    assert b"[NIK]" in reasons["unknown_region"]  # the one detail that quotes the value: scrubbed
+    assert all(d.value for d in dead)  # the original bytes stay for a replay, in the restricted dead-letter topic
 
     def digits_only(blob: str) -> str:  # "6472 0155 ..." and "64.72.01-..." found too
         return re.sub(r"[ .\-/]", "", blob)
