@@ -152,7 +152,7 @@ def topics(config: Optional[Path] = ConfigOpt) -> None:
     from streams.topics import BrokerUnreachable, ensure_topics
     s = _settings(config)
     try:
-        created = ensure_topics(s)
+        created = ensure_topics(s, probe_seconds=5)
     except BrokerUnreachable as exc:
         _fail(f"{exc}; is Kafka running? (`jamsostek broker` starts one locally)")
     console.print(f"created: {', '.join(created) or 'nothing (all exist)'}")
@@ -175,11 +175,14 @@ def simulate(
     """Publish a realistic, seeded, event-time-ordered stream of Kaltim events."""
     from streams.simulator.publish import run_simulation
     from streams.simulator.scenario import SCENARIO_FILE, Scenario
-    from streams.topics import ensure_topics
+    from streams.topics import BrokerUnreachable, ensure_topics
     s = _settings(config)
     sc = Scenario.load(scenario_file or SCENARIO_FILE, seed=seed, scale=scale, bad_share=bad_share,
                        duplicate_share=duplicate_share)
-    ensure_topics(s)
+    try:
+        ensure_topics(s, probe_seconds=5)
+    except BrokerUnreachable as exc:
+        _fail(f"{exc}; is Kafka running? (`jamsostek broker` starts one locally)")
     try:
         stats = run_simulation(s, sc, months=months, rate=rate, live_rate=live_rate)
     except KeyboardInterrupt:

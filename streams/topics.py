@@ -47,7 +47,8 @@ class BrokerUnreachable(ConnectionError):
     pass
 
 
-def ensure_topics(settings: Settings, timeout: float = 30, extra: dict[str, dict[str, str]] | None = None) -> list[str]:
+def ensure_topics(settings: Settings, timeout: float = 30, extra: dict[str, dict[str, str]] | None = None,
+                  probe_seconds: float | None = None) -> list[str]:
     """Create missing topics (the contract's, plus ``extra``); returns the names created now.
 
     Workers create their own topics this way before joining the group: a topic that appears only after the group's
@@ -57,7 +58,8 @@ def ensure_topics(settings: Settings, timeout: float = 30, extra: dict[str, dict
     wanted |= extra or {}
     client = admin(settings)  # must outlive the futures, or librdkafka destroys the handle under them
     try:
-        client.list_topics(timeout=min(timeout, 10))  # fail in seconds, saying why, when no broker answers
+        # fail saying why when no broker answers (a command line waits ``probe_seconds``, a worker ``timeout``)
+        client.list_topics(timeout=probe_seconds or timeout)
     except KafkaException as exc:
         raise BrokerUnreachable(f"no Kafka broker answered at {settings.kafka_bootstrap_servers} "
                                 f"({exc.args[0].str() if exc.args else exc})") from None

@@ -71,7 +71,11 @@ SERVICES = {"kafka", "registry", "postgres", "own_broker"}
 
 def pytest_collection_modifyitems(config, items):
     """``-m unit``: every test whose fixtures (followed all the way down) start no broker, registry or PostgreSQL,
-    and that starts no stack of its own (``slow``: the CLI's broker and run commands) (`make unit`: seconds)."""
+    and that starts none of its own (``slow``, ``stack``; PostgreSQL through the ``warehouse_url`` parameter)
+    (`make unit`: seconds)."""
     for item in items:
-        if not SERVICES & set(getattr(item, "fixturenames", ())) and item.get_closest_marker("slow") is None:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        starts_services = (SERVICES & set(getattr(item, "fixturenames", ())) or params.get("warehouse_url") == "postgresql"
+                           or item.get_closest_marker("slow") or item.get_closest_marker("stack"))
+        if not starts_services:
             item.add_marker(pytest.mark.unit)

@@ -81,9 +81,12 @@ def test_bad_options_are_usage_errors_before_anything_starts(args, says, tmp_pat
 
 def test_no_broker_is_a_one_line_runtime_error(tmp_path):
     port = free_port()  # nothing listens there
-    for args in (("topics",), ("simulate", "--months", "1")):
-        out = cli(*args, env={"KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{port}", "STATE_DIR": str(tmp_path)},
-                  timeout=90)
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{port}", "STATE_DIR": str(tmp_path), "COLUMNS": "80"}
+    runs = [subprocess.Popen([*JAMSOSTEK, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for args in (("topics",), ("simulate", "--months", "1"))]  # side by side: each waits for the broker
+    for proc in runs:
+        stdout, stderr = proc.communicate(timeout=90)
+        out = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
         lines = [line for line in out.stderr.splitlines() if line.strip()]
         assert out.returncode == 1, out.stderr
         assert len(lines) == 1 and f"no Kafka broker answered at 127.0.0.1:{port}" in lines[0], out.stderr

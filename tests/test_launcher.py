@@ -40,6 +40,7 @@ def test_port_in_use_is_reported(tmp_path, base_settings):
                                   port=taken)
 
 
+@pytest.mark.stack
 def test_restart_keeps_topics_and_data(tmp_path, base_settings):
     broker = KafkaBroker.start_new(tmp_path, cache_dir=base_settings.cache_dir, version=base_settings.kafka_version)
     topic = unique("keep-")
