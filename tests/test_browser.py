@@ -67,6 +67,17 @@ def test_live_page_updates_without_reload_and_matches_the_api(kafka, registry, t
         samarinda = browser.execute_script(
             "return document.querySelector('tr[data-code=\"64.72\"] td.quota').innerText")
         assert "province:" in samarinda and "regency/city:" in samarinda  # quota per funding source
+        # claims by programme: each claim once (its SUBMITTED event), not once per status it went through
+        shown = browser.execute_script("""return Object.fromEntries(Array.from(
+            document.querySelectorAll('#regions tbody tr')).map(r => [r.dataset.code,
+            r.querySelector('.claims').textContent]));""")
+        regions = requests.get(worker.url("/regions/"), timeout=5).json()
+        want = {r["code"]: " · ".join(f"{p} {s.get('SUBMITTED', {}).get('count', 0)}"
+                                      + (f" ({s['PAID']['count']} paid)" if s.get("PAID", {}).get("count") else "")
+                                      for p, s in r["claims"].items()) or "–" for r in regions}
+        assert shown == want and any(v != "–" for v in want.values())
+        assert any(sum(x["count"] for x in s.values()) > s.get("SUBMITTED", {}).get("count", 0)
+                   for r in regions for s in r["claims"].values())  # the old sum would have shown more
         browser.save_screenshot(str(tmp_path / "page.png"))
         assert (tmp_path / "page.png").stat().st_size > 10_000
     finally:
