@@ -37,7 +37,6 @@ class Topology:
     clocks: Any
     region_alerts: Any
     pseudonym_key: bytes
-    webhook: Any = None
 
     @property
     def input_partitions(self) -> list[str]:
@@ -100,13 +99,6 @@ def create_app(settings: Settings) -> Topology:
     from streams.read_model import RegionReadModel
     assert topo.regions.changelog_topic.get_topic_name() == settings.regions_changelog
     topo.read_model = RegionReadModel(settings)
-    if settings.alert_webhook_url:
-        from sinks.alerts.webhook import WebhookSender
-        topo.webhook = WebhookSender(settings.alert_webhook_url)
-
-        @app.task
-        async def deliver_webhooks():
-            await topo.webhook.run()
     ingest.register(topo)
     participants.register(topo)
     regions.register(topo)

@@ -55,13 +55,16 @@ EVENT_LAG = histogram("jamsostek_event_lag_seconds", "Processing time minus even
 CONSUMER_LAG = gauge("jamsostek_consumer_lag_records", "Input records not yet read by this worker, per assigned "
                      "partition (series of revoked partitions are removed)", ["topic", "partition"])
 ALERTS = counter("jamsostek_alerts", "Stall alert transitions raised by this worker", ["kind", "status"])
-WEBHOOK_FAILURES = counter("jamsostek_alert_webhook_failures", "Alert webhook POSTs given up after all retries")
 
 # -- the sink ---------------------------------------------------------------------------------------------------
 SINK_WRITE = histogram("jamsostek_sink_write_seconds", "Warehouse batch write duration", registries=S)
 SINK_RECORDS = counter("jamsostek_sink_records", "Records the warehouse sink consumed, by outcome (written, "
                        "skipped_invalid: the worker dead-letters those)", ["topic", "outcome"], registries=S)
 SINK_RETRIES = counter("jamsostek_sink_retries", "Warehouse writes retried after a database error", registries=S)
+WEBHOOK_DELIVERED = counter("jamsostek_alert_webhook_deliveries", "Alert transitions POSTed to the webhook (2xx)",
+                            registries=S)
+WEBHOOK_FAILURES = counter("jamsostek_alert_webhook_failures", "Alert webhook POSTs given up after all retries",
+                           registries=S)
 SINK_LAG = gauge("jamsostek_sink_lag_records", "Records not yet written to the warehouse, per assigned partition "
                  "(end offset minus committed offset)", ["topic", "partition"], registries=S)
 

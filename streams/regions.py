@@ -1,12 +1,11 @@
 """Stage 3: per-region aggregates in a table partitioned by region (read everywhere through read_model.py), and
-stall detection on the region's low watermark (streams/stall.py), raising alerts through sinks/alerts.py.
+stall detection on the region's low watermark (streams/stall.py), raising alerts through streams/alerts.py.
 
 Each message is a batch of one region's deltas from one participant-events message: applied on one copy of the
 region's state, written once."""
 from __future__ import annotations
 
-from sinks import alerts
-from streams import clock, rules, stall
+from streams import alerts, clock, rules, stall
 from streams.metrics import CLAIMS_PAID
 from streams.reference import reference
 

@@ -53,3 +53,18 @@ def test_every_non_required_field_has_a_default():
         for fname, field in fields.items():
             assert fname in required[name] or "default" in field, f"{name}.{fname} needs a default"
         assert schema["name"] == f"id.kaltim.jamsostek.{name}"
+
+
+def test_the_stream_worker_does_not_import_the_sinks():
+    """The flow is schemas -> streams -> sinks: the worker publishes to topics and never calls a sink (the alert
+    webhook is a sink of the alerts topic). Only the command line, which starts either process, imports both."""
+    import ast
+    offenders = []
+    for path in sorted((PROJECT_ROOT / "streams").rglob("*.py")):
+        if path.name == "cli.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            offenders += [f"{path.relative_to(PROJECT_ROOT)}: {n}" for n in names if n.split(".")[0] == "sinks"]
+    assert offenders == []

@@ -18,7 +18,7 @@ from streams.topics import ensure_topics
 from tests.conftest import unique
 from tests.expected import comparable, expected_alerts, expected_regions
 from tests.helpers import WebhookReceiver, assigned_members, niks_in, read_all
-from tests.worker import Worker
+from tests.worker import Sink, Worker
 
 DAY = 86_400_000
 SCALE = 0.01
@@ -79,14 +79,19 @@ def run(kafka, registry, tmp_path_factory):
                         app_id=unique("app-"), target_scale=SCALE)
     events = with_late_and_out_of_order(scenario_events())
     publish(settings, events)
-    webhook = WebhookReceiver(fail_first=2)  # the first two POSTs are refused: the worker must retry
-    worker = Worker(settings, tmp / "worker.log", ALERT_WEBHOOK_URL=webhook.url)
+    webhook = WebhookReceiver(fail_first=2)  # the first two POSTs are refused: the alert sink must retry
+    worker = Worker(settings, tmp / "worker.log")
+    # the alert sink (in the `sink` process) delivers what the worker puts on the alerts topic
+    sink = Sink(settings.model_copy(update={"warehouse_url": f"sqlite:///{tmp / 'warehouse.db'}"}), tmp / "sink.log",
+                ALERT_WEBHOOK_URL=webhook.url)
     try:
         worker.start()
+        sink.start()
         expected = wait_exact(worker, events)
-        worker.webhook = webhook
+        worker.webhook, worker.sink = webhook, sink
         yield settings, events, worker, expected
     finally:
+        sink.stop()
         worker.stop()
         webhook.close()
 
@@ -309,6 +314,18 @@ def test_stall_alerts_equal_the_fold_and_reach_every_channel(run):
     # the webhook: every transition arrives (after two refusals), in Alertmanager's webhook format
     worker.wait(lambda: len(worker.webhook.received) == len(alerts), 60, "every alert delivered to the webhook")
     assert worker.webhook.refused == 2
+    # each transition once, and per region (one partition) in the order the worker published them
+    from sinks.alerts.webhook import alertmanager_payload
+
+    def per_region(payloads) -> dict[str, list]:
+        out = collections.defaultdict(list)
+        for p in payloads:
+            out[p["alerts"][0]["labels"]["region"]].append((p["alerts"][0]["fingerprint"], p["status"]))
+        return dict(out)
+    assert per_region(worker.webhook.received) == per_region(alertmanager_payload(a) for a in alerts)
+    sink_metrics = worker.sink.metrics()
+    assert sink_metrics[("jamsostek_alert_webhook_deliveries_total", ())] == len(alerts)
+    assert not any(name.startswith("jamsostek_alert_webhook") for name, _ in worker.metrics())
     posted = worker.webhook.received[0]
     assert posted["version"] == "4" and posted["alerts"][0]["labels"]["alertname"] == "RegionStalled"
     assert {p["alerts"][0]["labels"]["region"] for p in worker.webhook.received} == {a["region_code"] for a in alerts}

@@ -1,8 +1,12 @@
-"""POST alerts to a webhook in Alertmanager's webhook JSON format (version "4"), with retries.
+"""The alert sink: every transition on the alerts topic is POSTed to ``ALERT_WEBHOOK_URL`` in Alertmanager's webhook
+JSON format (version "4"), in order, at least once.
 
 Receivers written for Alertmanager (chat bridges, incident tools, Alertmanager-compatible gateways) take these
-as they are. Each transition is one POST with one alert; a failed POST is retried with capped exponential
-backoff (``attempts`` times); what still fails is logged and counted, and the worker goes on.
+as they are. It runs in the `sink` process as a consumer group of its own (``<sink group>-webhook``), so a slow
+receiver never holds the warehouse back and the worker never waits for HTTP. A transition's offset is committed
+once it is delivered, so a crash or restart re-sends at most the uncommitted ones (receivers deduplicate on the
+alert's fingerprint, which is stable). A failed POST is retried (streams/retrying.py, ``attempts`` times); what
+still fails is logged, counted (``jamsostek_alert_webhook_failures_total``, alerted on) and passed over.
 """
 from __future__ import annotations
 
@@ -13,8 +17,12 @@ from datetime import datetime, timezone
 
 import aiohttp
 
-from streams.metrics import WEBHOOK_FAILURES
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from streams.config import Settings
+from streams.metrics import WEBHOOK_DELIVERED, WEBHOOK_FAILURES
 from streams.retrying import retrying
+from streams.serde import AvroSerde, DecodeError
 
 log = logging.getLogger(__name__)
 ZERO_TIME = "0001-01-01T00:00:00Z"  # Alertmanager's "no end time"
@@ -53,17 +61,6 @@ class WebhookRefused(Exception):
 class WebhookSender:
     def __init__(self, url: str, attempts: int = 8, first_delay: float = 0.5, max_delay: float = 30.0):
         self.url, self.attempts, self.first_delay, self.max_delay = url, attempts, first_delay, max_delay
-        self.queue: asyncio.Queue[dict] = asyncio.Queue()
-
-    def enqueue(self, alert: dict) -> None:
-        self.queue.put_nowait(alert)
-
-    async def run(self) -> None:
-        """Deliver queued alerts one by one, in order."""
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
-            while True:
-                alert = await self.queue.get()
-                await self.deliver(session, alert)
 
     async def deliver(self, session: aiohttp.ClientSession, alert: dict) -> bool:
         payload = alertmanager_payload(alert)
@@ -75,9 +72,37 @@ class WebhookSender:
                     async with session.post(self.url, json=payload) as response:
                         if response.status >= 300:
                             raise WebhookRefused(f"HTTP {response.status}")
+            WEBHOOK_DELIVERED.inc()
             return True
         except (WebhookRefused, aiohttp.ClientError, asyncio.TimeoutError) as exc:
             WEBHOOK_FAILURES.inc()
             log.error("alert webhook gave up on %s after %d attempts (%s)", alert["alert_id"], self.attempts,
                       str(exc) or type(exc).__name__)
             return False
+
+
+async def run_alert_sink(settings: Settings) -> None:
+    """Consume the alerts topic from the group's committed offsets (the earliest, the first time) and deliver each
+    transition in partition order; commit after each fetched run of a partition is delivered."""
+    sender = WebhookSender(settings.alert_webhook_url)
+    serde = AvroSerde(settings.schema_registry_url)
+    consumer = AIOKafkaConsumer(settings.topics.region_alerts, **settings.aiokafka_conf(),
+                                group_id=f"{settings.sink_group_id}-webhook", enable_auto_commit=False,
+                                auto_offset_reset="earliest")
+    await consumer.start()
+    log.info("alert sink: %s -> %s", settings.topics.region_alerts, settings.alert_webhook_url)
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+            while True:
+                fetched = await consumer.getmany(timeout_ms=1000, max_records=100)
+                for tp, messages in fetched.items():
+                    for message in messages:
+                        try:
+                            alert = await serde.decode_waiting(message.value, "RegionAlert")
+                        except DecodeError as exc:  # not ours to judge: the warehouse sink skips it too
+                            log.error("alert sink: skipping undecodable %s@%d (%s)", tp, message.offset, exc.reason)
+                            continue
+                        await sender.deliver(session, alert)
+                    await consumer.commit({TopicPartition(tp.topic, tp.partition): messages[-1].offset + 1})
+    finally:
+        await consumer.stop()

@@ -1,4 +1,5 @@
-"""The warehouse sink: input topics -> fact tables, alerts -> region_alert, the region changelog -> region_snapshot.
+"""The warehouse sink: input topics -> fact tables, alerts -> region_alert, the region changelog -> region_snapshot
+(and, beside it in the same process, the alert sink: alerts -> ALERT_WEBHOOK_URL, sinks/alerts/webhook.py).
 
 Like Quix Streams' sinks and Kafka Connect's JDBC sink, at its core it is "write a batch, then commit": records are
 collected by size (``SINK_BATCH_SIZE``) and time (``SINK_LINGER_SECONDS``), written in one database transaction
@@ -23,6 +24,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from sqlalchemy import Table
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from sinks.alerts.webhook import run_alert_sink
 from sinks.warehouse import db, rows
 from sinks.warehouse.models import FACT_TABLES, UPSERT, region_alert, region_snapshot
 from streams import validation
@@ -34,6 +36,11 @@ from streams.retrying import retrying
 from streams.serde import AvroSerde, DecodeError
 
 log = logging.getLogger(__name__)
+
+
+def _report_crash(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("sink helper %s stopped", task.get_coro().__qualname__, exc_info=task.exception())
 
 
 class WarehouseSink:
@@ -61,6 +68,10 @@ class WarehouseSink:
         helpers = [asyncio.create_task(self.read_model.run()), asyncio.create_task(self._snapshots()),
                    asyncio.create_task(serve(s.http_host, s.sink_metrics_port, SINK_REGISTRY, self.health)),
                    asyncio.create_task(self._lag(consumer))]
+        if s.alert_webhook_url:
+            helpers.append(asyncio.create_task(run_alert_sink(s)))
+        for helper in helpers:
+            helper.add_done_callback(_report_crash)
         log.info("warehouse sink consuming %s as group %s into %s", ", ".join(self.record_names), s.sink_group_id,
                  self.engine.url.render_as_string(hide_password=True))
         pending = None  # the previous batch's write and then its commit: runs while the next batch is read
