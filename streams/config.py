@@ -57,7 +57,8 @@ class Settings(BaseSettings):
 
     # --- warehouse, alerts, privacy ----------------------------------------------------------------
     warehouse_url: str = f"sqlite:///{PROJECT_ROOT / '.run' / 'warehouse.db'}"
-    alert_webhook_url: str | None = None
+    alert_webhook_url: str | None = Field(None, description="the `sink` process POSTs every alert transition here "
+                                          "(Alertmanager webhook format)")
     pseudonym_key: SecretStr | None = Field(None, description="HMAC key for NIK pseudonyms; required in production")
     mode: Literal["dev", "production"] = "dev"
 
