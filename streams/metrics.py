@@ -47,6 +47,8 @@ QUOTA_TOTAL = gauge("jamsostek_region_quota_total", "DEPRECATED: the same as jam
                     "not end in _total); kept for dashboards written against it", ["region", "funding_source"])
 QUOTA_USED = gauge("jamsostek_region_quota_used", "Quota used", ["region", "funding_source"])
 STALLED = gauge("jamsostek_region_stalled", "1 while a stall alert is firing", ["region"])
+ALERT_FIRING = gauge("jamsostek_region_alert_firing", "1 per stall alert firing now, by rule kind and severity "
+                     "(series go when it resolves)", ["region", "kind", "severity"])
 CLAIMS_PAID = counter("jamsostek_claims_paid_idr", "Paid claim amounts (IDR)", ["region", "program"])
 STREAM_CLOCK = gauge("jamsostek_stream_clock_seconds", "Event time (Unix seconds) up to which every region's figures "
                      "are complete (the read model's low watermark); stands still when the feed falls silent")
@@ -72,6 +74,9 @@ SINK_LAG = gauge("jamsostek_sink_lag_records", "Records not yet written to the w
 NIK_REDACTED = counter("jamsostek_nik_redacted", "NIK-like digit runs replaced in free text before it left the "
                        "process (where: record, dead_letter, alert, log)", ["where"], registries=W + S)
 
+_FIRING: dict[str, set[tuple[str, str, str]]] = {}  # region -> the alert series shown now
+
+
 def publish_region(view: dict) -> None:
     """Set the per-region gauges from a region view (streams.rules.region_view)."""
     code = view["code"]
@@ -83,6 +88,12 @@ def publish_region(view: dict) -> None:
         QUOTA_TOTAL.labels(code, funding).set(q["total"])
         QUOTA_USED.labels(code, funding).set(q["used"])
     STALLED.labels(code).set(1 if view["stalled"] else 0)
+    firing = {(code, a["kind"], a["severity"].lower()) for a in view["alerts"]}
+    for labels in _FIRING.get(code, set()) - firing:
+        ALERT_FIRING.remove(*labels)
+    for labels in firing:
+        ALERT_FIRING.labels(*labels).set(1)
+    _FIRING[code] = firing
 
 
 def publish_clock(views: list[dict]) -> None:

@@ -104,6 +104,8 @@ def test_k8s_manifests_are_consistent():
             ("ConfigMap", "jamsostek-config"), ("ServiceMonitor", "jamsostek"), ("PrometheusRule", "jamsostek"),
             ("PodDisruptionBudget", "jamsostek-worker"), ("PodDisruptionBudget", "jamsostek-sink")} <= kinds
     config = next(d for d in docs if d["kind"] == "ConfigMap")
+    # one stall, one notification: the PrometheusRule goes through Alertmanager, so the sink does not POST too
+    assert "ALERT_WEBHOOK_URL" not in config["data"]
     fields = {name.upper() for name in Settings.model_fields}
     assert set(config["data"]) <= fields
     Settings(**{k.lower(): v for k, v in config["data"].items()})  # the values parse
@@ -158,8 +160,9 @@ def test_promtool_lints_each_process_exposition_clean_but_for_the_deprecated_quo
     from prometheus_client import generate_latest
 
     from streams import metrics
-    metrics.publish_region({"code": "64.72", "registered": 3, "active": 2, "coverage_ratio": 0.5, "stalled": False,
-                            "quota": {"APBD_PROVINCE": {"total": 5, "used": 2}}})
+    metrics.publish_region({"code": "64.72", "registered": 3, "active": 2, "coverage_ratio": 0.5, "stalled": True,
+                            "quota": {"APBD_PROVINCE": {"total": 5, "used": 2}},
+                            "alerts": [{"kind": "NO_REGISTRATIONS", "severity": "WARNING", "since": "2025-03-01"}]})
     registry = metrics.WORKER_REGISTRY if process == "worker" else metrics.SINK_REGISTRY
     done = subprocess.run([tool("promtool"), "check", "metrics"], input=generate_latest(registry).decode(),
                           capture_output=True, text=True, timeout=60)
@@ -223,3 +226,48 @@ def test_the_prometheus_rule_object_carries_the_rule_file():
     spec.loader.exec_module(module)
     shipped = yaml.safe_load((DEPLOY / "k8s" / "prometheusrule.yaml").read_text())
     assert shipped == module.prometheus_rule()
+
+
+def test_alertmanager_inhibits_falling_coverage_while_a_critical_stall_fires_in_that_region(tmp_path):
+    """The real Alertmanager (Debian's) with deploy/alertmanager/alertmanager.yml, on loopback: RegionStalled now
+    carries the rule's severity (from jamsostek_region_alert_firing), so the inhibit rule matches what Prometheus
+    sends: a critical stall in 64.11 mutes CoverageBelowTarget there; a warning-level stall in 64.72 does not."""
+    import json
+    import urllib.request
+
+    from streams.launcher.process import free_port
+    from tests.helpers import wait_for
+    binary = tool("prometheus-alertmanager")
+    port = free_port()
+    proc = subprocess.Popen([binary, f"--config.file={DEPLOY / 'alertmanager' / 'alertmanager.yml'}",
+                             f"--storage.path={tmp_path}", f"--web.listen-address=127.0.0.1:{port}",
+                             "--cluster.listen-address="], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}/api/v2"
+
+    def up() -> bool:
+        try:
+            return urllib.request.urlopen(f"{base}/status", timeout=2).status == 200
+        except OSError:
+            return False
+    try:
+        wait_for(up, 60, "Alertmanager to answer")
+        sent = [{"alertname": "RegionStalled", "region": "64.11", "kind": "CONTRIBUTIONS_STOPPED", "severity": "critical"},
+                {"alertname": "CoverageBelowTarget", "region": "64.11", "severity": "info"},
+                {"alertname": "RegionStalled", "region": "64.72", "kind": "NO_REGISTRATIONS", "severity": "warning"},
+                {"alertname": "CoverageBelowTarget", "region": "64.72", "severity": "info"}]
+        body = json.dumps([{"labels": labels} for labels in sent]).encode()
+        request = urllib.request.Request(f"{base}/alerts", data=body, headers={"Content-Type": "application/json"})
+        assert urllib.request.urlopen(request, timeout=10).status == 200
+
+        def inhibited() -> dict | None:
+            alerts = json.loads(urllib.request.urlopen(f"{base}/alerts", timeout=5).read())
+            if len(alerts) < len(sent):
+                return None
+            return {(a["labels"]["alertname"], a["labels"]["region"]): bool(a["status"]["inhibitedBy"])
+                    for a in alerts}
+        state = wait_for(inhibited, 60, "the alerts to be listed")
+        assert state == {("RegionStalled", "64.11"): False, ("CoverageBelowTarget", "64.11"): True,
+                         ("RegionStalled", "64.72"): False, ("CoverageBelowTarget", "64.72"): False}
+    finally:
+        proc.terminate()
+        proc.wait(30)

@@ -77,3 +77,17 @@ def test_each_process_registers_only_its_own_series():
     assert "jamsostek_sink_records_total" in sink
     for text in (worker, sink):
         assert "jamsostek_nik_redacted_total" in text and "process_cpu_seconds_total" in text
+
+
+def test_the_firing_gauge_carries_kind_and_severity_and_forgets_resolved_alerts():
+    view = {"code": "64.99", "registered": 1, "active": 1, "coverage_ratio": 0.1, "stalled": True, "quota": {},
+            "alerts": [{"kind": "CONTRIBUTIONS_STOPPED", "severity": "CRITICAL", "since": "2025-01-01"},
+                       {"kind": "NO_REGISTRATIONS", "severity": "WARNING", "since": "2025-01-01"}]}
+    metrics.publish_region(view)
+    text = generate_latest(metrics.WORKER_REGISTRY).decode()
+    assert ('jamsostek_region_alert_firing{kind="CONTRIBUTIONS_STOPPED",region="64.99",severity="critical"} 1.0'
+            in text)
+    metrics.publish_region({**view, "alerts": view["alerts"][1:]})  # the critical one resolved
+    text = generate_latest(metrics.WORKER_REGISTRY).decode()
+    assert 'kind="CONTRIBUTIONS_STOPPED",region="64.99"' not in text
+    assert 'jamsostek_region_alert_firing{kind="NO_REGISTRATIONS",region="64.99",severity="warning"} 1.0' in text

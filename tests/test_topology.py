@@ -311,6 +311,10 @@ def test_stall_alerts_equal_the_fold_and_reach_every_channel(run):
     regions = worker.regions()
     assert regions["64.11"]["stalled"] and "CONTRIBUTIONS_STOPPED" in {a["kind"] for a in regions["64.11"]["alerts"]}
     assert worker.metrics()[("jamsostek_region_stalled", (("region", "64.11"),))] == 1
+    firing = {dict(labels)["kind"]: dict(labels)["severity"] for name, labels in worker.metrics()
+              if name == "jamsostek_region_alert_firing" and dict(labels)["region"] == "64.11"}
+    assert firing == {a["kind"]: a["severity"].lower() for a in regions["64.11"]["alerts"]}
+    assert firing["CONTRIBUTIONS_STOPPED"] == "critical"
     # the webhook: every transition arrives (after two refusals), in Alertmanager's webhook format
     worker.wait(lambda: len(worker.webhook.received) == len(alerts), 60, "every alert delivered to the webhook")
     assert worker.webhook.refused == 2
