@@ -78,6 +78,24 @@ def test_live_page_updates_without_reload_and_matches_the_api(kafka, registry, t
         assert shown == want and any(v != "–" for v in want.values())
         assert any(sum(x["count"] for x in s.values()) > s.get("SUBMITTED", {}).get("count", 0)
                    for r in regions for s in r["claims"].values())  # the old sum would have shown more
+        # at 1,400 px every column fits, even for the widest row a region can have (every stall kind firing, every
+        # programme claimed, quota from both funders, figures in the millions): the status column is not clipped
+        overflow = browser.execute_script("""
+            const worst = JSON.parse(JSON.stringify(arguments[0]));
+            Object.assign(worst, {registered: 12345678, active: 12345678, forecast_fill_date: "2026-12-31"});
+            worst.alerts = ["NO_REGISTRATIONS", "PACE_BELOW_TARGET", "COVERAGE_FALLING", "CONTRIBUTIONS_STOPPED"]
+                .map(kind => ({kind, severity: "CRITICAL", since: "2025-01-01"}));
+            worst.quota = {APBD_PROVINCE: {used: 1234567, total: 1234567, remaining: 1234567, over_quota: 12345},
+                           APBD_REGENCY: {used: 1234567, total: 1234567, remaining: 1234567, over_quota: 12345}};
+            worst.claims = Object.fromEntries(["JKK", "JKM", "JHT", "JP", "JKP"].map(p =>
+                [p, {SUBMITTED: {count: 123456, amount_idr: 0}, PAID: {count: 123456, amount_idr: 123456789012}}]));
+            const body = document.querySelector('#regions tbody');
+            body.insertAdjacentHTML('beforeend', row(worst));
+            return Array.from(body.querySelectorAll('td.status'))
+                .map(td => td.getBoundingClientRect().right - document.documentElement.clientWidth);""",
+            regions[0])
+        assert overflow and max(overflow) <= 0, overflow
+        assert "Figures complete up to" in browser.page_source and "later events still count" in browser.page_source
         browser.save_screenshot(str(tmp_path / "page.png"))
         assert (tmp_path / "page.png").stat().st_size > 10_000
     finally:
