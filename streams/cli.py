@@ -332,7 +332,8 @@ def run(
             process.require_free(port, what)
         with local_stack(s, console) as live:
             # targets scaled like the simulation; its clock runs ahead of real time once live: no future bound
-            live = live.model_copy(update={"target_scale": scenario.scale, "max_future_days": 365_000})
+            live = live.model_copy(update={"target_scale": scenario.scale, "max_future_days": 365_000,
+                                           "simulated": True})
             ensure_topics(live)
             for command in ("worker", "sink"):
                 log = live.state_dir / f"{command}.log"

@@ -103,6 +103,8 @@ class Settings(BaseSettings):
     max_future_days: float = Field(1, ge=0, description="event time ahead of the wall clock by more: dead-letter "
                                    "'invalid_timestamp' (the demo's simulator runs ahead of real time: raised there)")
     target_scale: float = Field(1.0, gt=0, description="multiply targets/quotas (a scaled-down simulation uses <1)")
+    simulated: bool = Field(False, description="the stack is fed by the simulator (`jamsostek run`, docker-compose): "
+                            "the page says so, with the scale")
     clock_idle_seconds: float = Field(30, ge=0, description="a source partition whose clock has not moved for this "
                                                            "long (wall time) is idle: the stream clock does not wait for it")
     stall: StallRules = Field(default_factory=StallRules, description="stall rule thresholds (docs/domain.md)")

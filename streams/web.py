@@ -29,6 +29,11 @@ def register(topo) -> None:
                 return web.json(view)
         return web.json({"error": f"unknown region {code[:10]!r}"}, status=404)
 
+    async def about(web, request):
+        """What the page needs to say about the data: simulated or real, and at what scale."""
+        return web.json({"app": app.conf.id, "simulated": topo.settings.simulated,
+                         "target_scale": topo.settings.target_scale})
+
     async def livez(web, request):
         """Liveness: the event loop answers (streams/probes.py)."""
         return web.json({"status": "ok", "app": app.conf.id})
@@ -43,7 +48,8 @@ def register(topo) -> None:
         return web.json(body, status=status)
 
     # CONTRACT.md names the paths without a trailing slash; both forms answer
-    for path, handler in (("/regions", all_regions), ("/regions/{code}", one_region), ("/healthz", livez),
+    for path, handler in (("/regions", all_regions), ("/regions/{code}", one_region), ("/about", about),
+                          ("/healthz", livez),
                           ("/livez", livez), ("/readyz", readyz)):
         app.page(path)(handler)
         app.page(path + "/")(handler)

@@ -44,7 +44,7 @@ def page_figures(browser) -> dict[str, tuple[int, int]]:
 def test_live_page_updates_without_reload_and_matches_the_api(kafka, registry, tmp_path, browser):
     settings = Settings(kafka_bootstrap_servers=kafka.bootstrap, schema_registry_url=registry.url,
                         topic_prefix=unique() + ".", topic_partitions=2, state_dir=tmp_path / "state",
-                        app_id=unique("app-"), target_scale=SCALE)
+                        app_id=unique("app-"), target_scale=SCALE, simulated=True)
     events = list(Scenario.load(scale=SCALE).events(4))
     publish(settings, events[:200])
     worker = Worker(settings, tmp_path / "worker.log").start()
@@ -96,6 +96,9 @@ def test_live_page_updates_without_reload_and_matches_the_api(kafka, registry, t
             regions[0])
         assert overflow and max(overflow) <= 0, overflow
         assert "Figures complete up to" in browser.page_source and "later events still count" in browser.page_source
+        # fed by the simulator: the page says so, and at what scale
+        banner = browser.find_element("id", "simulated")
+        assert banner.is_displayed() and "Simulated data" in banner.text and "1 % of the province" in banner.text
         browser.save_screenshot(str(tmp_path / "page.png"))
         assert (tmp_path / "page.png").stat().st_size > 10_000
     finally:

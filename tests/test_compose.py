@@ -105,3 +105,5 @@ def test_consumers_accept_the_simulators_clock_running_ahead():
     for name in ("worker", "worker-2", "sink"):
         bound = float(SERVICES[name]["environment"]["MAX_FUTURE_DAYS"])
         assert bound >= 365 * 100 and bound >= months * 31, name
+    for name in ("worker", "worker-2"):  # and the page says the figures are simulated
+        assert Settings(simulated=SERVICES[name]["environment"]["SIMULATED"]).simulated is True
