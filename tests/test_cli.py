@@ -213,6 +213,7 @@ def test_run_brings_up_the_stack_and_kcat_sees_framed_avro(tmp_path):
         code = proc.wait(90)
     assert code == 0, log.read_text()[-3000:]
     assert "stopped the local stack" in log.read_text()
+    assert "still in queue or transit" not in log.read_text()  # the simulator delivered what it had sent
     wait_for(lambda: not still_running(children), 60, "every child of `run` to stop")
     assert not port_in_use(port) and not port_in_use(registry_port)
     assert not any(port_in_use(p) for p in (web, metrics, sink_metrics)), "worker and sink stopped too"

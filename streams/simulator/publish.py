@@ -122,10 +122,14 @@ def run_simulation(settings: Settings, scenario: Scenario, *, months: int | None
             done = (event.occurred_at - t0) / (history_end - t0) * months
             progress.update(task, completed=min(done, months), sent=st.sent)
 
-        publisher.publish(history(), rate, stats, update)
-        progress.update(task, completed=months, sent=stats.sent)
-        if live_rate:
-            progress.update(task, phase=f"live @ {live_rate:g} events/s", total=None)
-            live = itertools.chain(first_live, events)
-            publisher.publish(live, live_rate, stats, lambda st, ev: progress.update(task, sent=st.sent))
+        try:
+            publisher.publish(history(), rate, stats, update)
+            progress.update(task, completed=months, sent=stats.sent)
+            if live_rate:
+                progress.update(task, phase=f"live @ {live_rate:g} events/s", total=None)
+                live = itertools.chain(first_live, events)
+                publisher.publish(live, live_rate, stats, lambda st, ev: progress.update(task, sent=st.sent))
+        except KeyboardInterrupt:  # stopped (Ctrl-C, SIGTERM): what was sent so far is delivered, then we go
+            publisher.producer.flush(10)
+            raise
     return stats
