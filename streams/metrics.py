@@ -40,7 +40,12 @@ LATE_EVENTS = counter("jamsostek_late_events", "Valid records read more than ALL
                       "partition's clock: counted in the tables like any other", ["topic"])
 DEAD_LETTERS = counter("jamsostek_dead_letter", "Records sent to the dead-letter topic", ["reason"])
 REGISTERED = gauge("jamsostek_region_registered", "Registered participants", ["region"])
-ACTIVE = gauge("jamsostek_region_active", "Active (paid-up within grace) participants", ["region"])
+ACTIVE = gauge("jamsostek_region_active", "Members: paid for this month or in arrears for at most GRACE_MONTHS "
+               "months (BPJS Perdir 22/2022)", ["region"])
+PROTECTED = gauge("jamsostek_region_protected", "Participants paid for the current month (in arrears is not protected)",
+                  ["region"])
+IN_ARREARS = gauge("jamsostek_region_in_arrears", "Members in arrears, by unpaid months counting the current one",
+                   ["region", "months"])
 COVERAGE = gauge("jamsostek_region_coverage_ratio", "Active programme participants / region target", ["region"])
 QUOTA = gauge("jamsostek_region_quota", "Quota places (participants) per region and funder", ["region", "funding_source"])
 QUOTA_TOTAL = gauge("jamsostek_region_quota_total", "DEPRECATED: the same as jamsostek_region_quota (a gauge must "
@@ -82,6 +87,10 @@ def publish_region(view: dict) -> None:
     code = view["code"]
     REGISTERED.labels(code).set(view["registered"])
     ACTIVE.labels(code).set(view["active"])
+    cohorts = view.get("cohorts", {}).values()
+    PROTECTED.labels(code).set(sum(c["protected"] for c in cohorts))
+    for months in sorted({m for c in cohorts for m in c["in_arrears"]}):
+        IN_ARREARS.labels(code, months).set(sum(c["in_arrears"].get(months, 0) for c in cohorts))
     COVERAGE.labels(code).set(view["coverage_ratio"] or 0)
     for funding, q in view["quota"].items():
         QUOTA.labels(code, funding).set(q["total"])

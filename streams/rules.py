@@ -158,9 +158,27 @@ def apply_delta_in_place(stats: dict, delta: dict, region: Region, target_scale:
 
 
 def active_count(hist: dict, clock_period: int, grace_months: int) -> int:
-    """Participants paid up to within ``grace_months`` complete unpaid months before the clock's period."""
-    threshold = clock_period - 1 - grace_months
+    """Members: paid for the clock's period, or in arrears for at most ``grace_months`` months counting it (BPJS
+    Perdir 22/PERDIR.02/072022: arrears may be paid up to 3 months after protection ends; after more than 3 unpaid
+    months membership ends). Paid through January: in arrears February to April, ended from May."""
+    threshold = clock_period - grace_months
     return sum(n for pt, n in hist.items() if int(pt) >= threshold)
+
+
+def protection(hist: dict, clock_period: int, grace_months: int) -> dict:
+    """Who is protected now (paid for the clock's period; people in arrears are not protected), who is in
+    arrears by how many months (1..``grace_months``), and whose membership ended."""
+    arrears = {str(k): 0 for k in range(1, grace_months + 1)}
+    protected = ended = 0
+    for pt, n in hist.items():
+        behind = clock_period - int(pt)
+        if behind <= 0:
+            protected += n
+        elif behind <= grace_months:
+            arrears[str(behind)] += n
+        else:
+            ended += n
+    return {"protected": protected, "in_arrears": arrears, "ended": ended}
 
 
 def region_view(region: Region, stats: dict | None, clock_ms: int, grace_months: int, target_scale: float) -> dict:
@@ -170,10 +188,13 @@ def region_view(region: Region, stats: dict | None, clock_ms: int, grace_months:
     cohorts = {}
     for cohort in ("VULNERABLE_WORKER", "NON_CIVIL_SERVANT", "GENERAL"):
         registered = stats["registered"].get(cohort, 0)
-        active = active_count(stats["hist"].get(cohort, {}), clock_period, grace_months) if clock_ms else registered
+        hist = stats["hist"].get(cohort, {})
+        active = active_count(hist, clock_period, grace_months) if clock_ms else registered
         target = round(region.target.get(cohort, 0) * target_scale)
         cohorts[cohort] = {"registered": registered, "active": active, "lapsed": registered - active,
-                           "target": target, "coverage_ratio": round(active / target, 4) if target else None}
+                           "target": target, "coverage_ratio": round(active / target, 4) if target else None,
+                           **(protection(hist, clock_period, grace_months) if clock_ms else
+                              {"protected": 0, "in_arrears": {}, "ended": 0})}
     active = sum(cohorts[c]["active"] for c in PROGRAMME_COHORTS)
     target = sum(cohorts[c]["target"] for c in PROGRAMME_COHORTS)
     quota = {}

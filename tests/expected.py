@@ -45,10 +45,14 @@ def expected_regions(events, grace_months: int = 3, scale: float = 1.0, clock_ms
         cohorts = {}
         for cohort in ("VULNERABLE_WORKER", "NON_CIVIL_SERVANT", "GENERAL"):
             members = [(k, p) for k, p in people.items() if p["region"] == code and p["cohort"] == cohort]
-            # paid through: the latest paid period, or the month before registration if later
-            active = sum(1 for k, p in members
-                         if clock - max(paid.get(k, 0), p["registered_in"] - 1) - 1 <= grace_months)
-            cohorts[cohort] = {"registered": len(members), "active": active}
+            # paid through: the latest paid period, or the month before registration if later; months behind the
+            # clock's month: 0 protected, 1..grace in arrears, more: membership ended (BPJS Perdir 22/2022)
+            behind = [clock - max(paid.get(k, 0), p["registered_in"] - 1) for k, p in members]
+            cohorts[cohort] = {"registered": len(members), "active": sum(1 for b in behind if b <= grace_months),
+                               "protected": sum(1 for b in behind if b <= 0),
+                               "in_arrears": {str(m): sum(1 for b in behind if b == m)
+                                              for m in range(1, grace_months + 1)},
+                               "ended": sum(1 for b in behind if b > grace_months)}
         used = defaultdict(int)
         for p in people.values():
             if p["region"] == code and p["cohort"] == "VULNERABLE_WORKER":
@@ -69,7 +73,8 @@ def expected_regions(events, grace_months: int = 3, scale: float = 1.0, clock_ms
 
 def comparable(view: dict) -> dict:
     """The part of a /regions entry that expected_regions() computes."""
-    return {"cohorts": {c: {"registered": v["registered"], "active": v["active"]} for c, v in view["cohorts"].items()},
+    return {"cohorts": {c: {k: v[k] for k in ("registered", "active", "protected", "in_arrears", "ended")}
+                        for c, v in view["cohorts"].items()},
             "quota": view["quota"], "claims": view["claims"], "contributions": view["contributions"]}
 
 

@@ -48,25 +48,34 @@ def test_pseudonym_is_keyed_and_stable():
 
 
 def test_lapse_after_grace_and_reactivation_by_paying_again():
+    """BPJS Perdir 22/PERDIR.02/072022: arrears may be paid up to 3 months after protection ends; after more than
+    3 unpaid months membership ends. People in arrears are not protected."""
     events = [("Registration", reg(ms(2025, 1))), ("Contribution", contrib("2025-01", ms(2025, 1, 20)))]
     stats = fold(events)
-    assert view(stats, ms(2025, 5))["active"] == 1  # Feb, Mar, Apr unpaid: 3 months, still within grace
-    assert view(stats, ms(2025, 6))["active"] == 0  # May too: past the grace, lapsed
-    assert view(stats, ms(2025, 6))["lapsed"] == 1
+
+    def state(month: int) -> tuple:
+        cohort = view(stats, ms(2025, month))["cohorts"]["VULNERABLE_WORKER"]
+        return cohort["active"], cohort["protected"], cohort["in_arrears"], cohort["ended"]
+    assert state(1) == (1, 1, {"1": 0, "2": 0, "3": 0}, 0)  # paid for January: protected
+    assert state(2) == (1, 0, {"1": 1, "2": 0, "3": 0}, 0)  # February unpaid: a member in arrears, not protected
+    assert state(4) == (1, 0, {"1": 0, "2": 0, "3": 1}, 0)  # Feb, Mar, Apr unpaid: the last month arrears can be paid
+    assert state(5) == (0, 0, {"1": 0, "2": 0, "3": 0}, 1)  # a fourth unpaid month: membership ended
+    assert view(stats, ms(2025, 5))["lapsed"] == 1
     stats = fold(events + [("Contribution", contrib("2025-06", ms(2025, 6, 10)))])
-    assert view(stats, ms(2025, 6))["active"] == 1  # paying again reactivates
+    assert view(stats, ms(2025, 6))["active"] == 1  # paying again reactivates (assumption: docs/domain.md)
 
 
 def test_grace_starts_at_registration():
-    stats = fold([("Registration", reg(ms(2025, 3)))])
-    assert view(stats, ms(2025, 6))["active"] == 1
-    assert view(stats, ms(2025, 7))["active"] == 0
+    stats = fold([("Registration", reg(ms(2025, 3)))])  # nothing paid: in arrears from March
+    assert view(stats, ms(2025, 5))["active"] == 1
+    assert view(stats, ms(2025, 6))["active"] == 0
 
 
 def test_contribution_before_registration_is_applied_when_it_arrives():
     early = [("Contribution", contrib("2025-04", ms(2025, 4, 2))), ("Registration", reg(ms(2025, 1)))]
     stats = fold(early)
-    assert view(stats, ms(2025, 8))["active"] == 1  # paid through April counts, though it arrived first
+    assert view(stats, ms(2025, 7))["active"] == 1  # paid through April counts, though it arrived first
+    assert view(stats, ms(2025, 8))["active"] == 0  # (and ends after May, June, July and August unpaid)
     assert stats["contrib"] == [1, 16_800]
 
 

@@ -79,14 +79,15 @@ def test_contributions_stopped_fires_and_resolves():
 
 def test_coverage_falling_when_payments_stop_and_participants_lapse():
     """40 participants register in January 2025 (paid through December 2024) and pay monthly up to 2025-03;
-    then payments stop. With 3 months' grace they lapse when the clock enters 2025-08 (day 212)."""
+    then payments stop. April to June are arrears that may still be paid; membership ends when the clock enters
+    2025-07, a fourth unpaid month (BPJS Perdir 22/PERDIR.02/072022)."""
     deltas = [reg(0, i) for i in range(40)]
     for month, day in ((2025 * 12 + 0, 10), (2025 * 12 + 1, 40), (2025 * 12 + 2, 70)):
         deltas += [pay(day, month - 1, month) for _ in range(40)]
     deltas += [contrib(d) for d in range(0, 260, 3)]  # (others keep paying in: no other rule interferes)
     events = run(sorted(deltas, key=lambda d: d["at"]), 260)
     falling = [t for t in events if t[0] == "COVERAGE_FALLING"]
-    lapse_day = (int(datetime(2025, 8, 1, tzinfo=timezone.utc).timestamp() * 1000) // DAY_MS) - DAY0
+    lapse_day = (int(datetime(2025, 7, 1, tzinfo=timezone.utc).timestamp() * 1000) // DAY_MS) - DAY0
     assert falling[0] == ("COVERAGE_FALLING", "FIRING", iso(lapse_day + 2))
     # the drop ages out of the 30-day window: "falling" resolves (the lapse itself stays visible in /regions)
     assert falling[1][1] == "RESOLVED" and len(falling) == 2

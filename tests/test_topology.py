@@ -183,6 +183,13 @@ def test_web_views(run):
     gauges = worker.metrics()
     regions = worker.regions()
     assert gauges[("jamsostek_region_registered", (("region", "64.72"),))] == regions["64.72"]["registered"]
+
+    def protection_gauges_follow_the_tables() -> bool:  # (the gauges refresh every second)
+        cohorts, got = worker.regions()["64.72"]["cohorts"].values(), worker.metrics()
+        return (got[("jamsostek_region_protected", (("region", "64.72"),))] == sum(c["protected"] for c in cohorts)
+                and got[("jamsostek_region_in_arrears", (("months", "1"), ("region", "64.72")))]
+                == sum(c["in_arrears"]["1"] for c in cohorts))
+    worker.wait(protection_gauges_follow_the_tables, 30, "the protection gauges to equal /regions")
     # the correctly named quota gauge and its deprecated twin carry the same figures
     quota = {k[1]: v for k, v in gauges.items() if k[0] == "jamsostek_region_quota"}
     assert quota and quota == {k[1]: v for k, v in gauges.items() if k[0] == "jamsostek_region_quota_total"}
