@@ -1,21 +1,8 @@
-"""schemas/avro agrees with the contract the project owns (docs/contract.md), and with ../shared's checker when a
-checkout has it beside."""
-import subprocess
-import sys
-
-import pytest
-
+"""schemas/avro agrees with the contract the project owns (docs/contract.md): every required field is there, every
+other field has a default (the rules ../shared's checker applied, now against the project's own copy, so they run
+in every clone), and the worker's code keeps to the flow schemas -> streams -> sinks."""
 from streams.config import PROJECT_ROOT
 from streams.serde import contract_schemas
-
-CHECKER = PROJECT_ROOT.parent / "shared" / "tools" / "check-contract"
-
-
-@pytest.mark.skipif(not CHECKER.exists(), reason="../shared/tools/check-contract is not beside this checkout")
-def test_shared_contract_checker_passes():
-    out = subprocess.run([sys.executable, str(CHECKER)], cwd=PROJECT_ROOT, capture_output=True, text=True)
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert "contract ok" in out.stdout
 
 
 def contract_required_fields() -> dict[str, set[str]]:
