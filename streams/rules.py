@@ -13,6 +13,8 @@ from streams import clock, stall
 from streams.reference import Region
 
 SEEN_LIMIT = 256  # event-id hashes kept per participant for dedup (~20 years of monthly payments)
+OPEN_CLAIMS_LIMIT = 32  # claims of one participant waiting for their other end (submitted or paid) at most
+DAY_MS = 86_400_000
 PROGRAMME_COHORTS = ("VULNERABLE_WORKER", "NON_CIVIL_SERVANT")
 COUNTED = ("reg", "contrib", "claim")  # one per applied event: the delta that carries its late flag
 
@@ -84,11 +86,51 @@ def apply_event(state: dict | None, kind: str, event: dict) -> tuple[dict, list[
     elif kind == "Claim":
         deltas.append({"k": "claim", "region": region, "program": event["program"], "status": event["status"],
                        "amount": event["amount_idr"], "at": at})
+        if event.get("claim_id"):
+            turnaround = _track_claim(state, event["claim_id"], event["status"], at)
+            if turnaround is not None:
+                deltas.append({"k": "turnaround", "region": region, "program": event["program"],
+                               "days": turnaround, "at": at})
     if event.get("late"):
         for delta in deltas:
             if delta["k"] in COUNTED:
                 delta["late"] = 1
     return state, deltas, False
+
+
+def _track_claim(state: dict, claim_id: str, status: str, at: int) -> int | None:
+    """Pair a claim's SUBMITTED and PAID events (in either order: late data is data) in the participant's state;
+    returns the turnaround in whole days once both are known. A rejected claim is forgotten."""
+    key = str(event_hash(claim_id))
+    open_claims = dict(state.get("cl") or {})
+    ends = list(open_claims.get(key) or [None, None])  # [submitted at, paid at]
+    if status == "REJECTED":
+        open_claims.pop(key, None)
+    elif status in ("SUBMITTED", "PAID"):
+        slot = 0 if status == "SUBMITTED" else 1
+        ends[slot] = at if ends[slot] is None else min(ends[slot], at)
+        open_claims[key] = ends
+    result = None
+    if ends[0] is not None and ends[1] is not None and key in open_claims:
+        result = max(ends[1] - ends[0], 0) // DAY_MS
+        del open_claims[key]
+    while len(open_claims) > OPEN_CLAIMS_LIMIT:  # one that never completes must not grow the state for ever
+        del open_claims[next(iter(open_claims))]
+    state["cl"] = open_claims
+    return result
+
+
+def percentile(histogram: dict[str, int], p: float) -> int | None:
+    """Nearest-rank percentile of a {value: count} histogram: the least value with at least p % at or below it."""
+    total = sum(histogram.values())
+    if not total:
+        return None
+    need, seen = p / 100 * total, 0
+    for value in sorted(histogram, key=int):
+        seen += histogram[value]
+        if seen >= need:
+            return int(value)
+    return None
 
 
 # -- region aggregates --------------------------------------------------------------------------------
@@ -155,6 +197,8 @@ def apply_delta_in_place(stats: dict, delta: dict, region: Region, target_scale:
         per_program = stats["claims"].setdefault(delta["program"], {})
         count, amount = per_program.get(delta["status"], [0, 0])
         per_program[delta["status"]] = [count + 1, amount + delta["amount"]]
+    elif kind == "turnaround":  # SUBMITTED -> PAID, whole days, per programme
+        _inc(stats.setdefault("turnaround", {}).setdefault(delta["program"], {}), str(delta["days"]))
 
 
 def active_count(hist: dict, clock_period: int, grace_months: int) -> int:
@@ -205,13 +249,16 @@ def region_view(region: Region, stats: dict | None, clock_ms: int, grace_months:
                           "over_quota": stats["over_quota"].get(funding, 0)}
     claims = {program: {status: {"count": c, "amount_idr": a} for status, (c, a) in sorted(per.items())}
               for program, per in sorted(stats["claims"].items())}
+    turnaround = {program: {"paid": sum(days.values()), "p50_days": percentile(days, 50),
+                            "p90_days": percentile(days, 90)}
+                  for program, days in sorted(stats.get("turnaround", {}).items())}
     return {
         "code": region.code, "name": region.name, "kind": region.kind,
         "registered": sum(stats["registered"].values()),
         "active": sum(cohorts[c]["active"] for c in cohorts),
         "lapsed": sum(cohorts[c]["lapsed"] for c in cohorts),
         "target": target, "coverage_ratio": round(active / target, 4) if target else None,
-        "cohorts": cohorts, "quota": quota, "claims": claims,
+        "cohorts": cohorts, "quota": quota, "claims": claims, "claims_turnaround": turnaround,
         "contributions": {"count": stats["contrib"][0], "amount_idr": stats["contrib"][1]},
         "clock": period_str(clock_period) if clock_ms else None, "clock_ms": clock_ms or None,
         "alerts": [{"kind": kind, "severity": stall.SEVERITY[kind], "since": stall.iso_day(a["started"]),

@@ -2,6 +2,7 @@
 written without the project's rules module (periods and lapse are recomputed here from first principles)."""
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from datetime import datetime, timezone
 
@@ -27,6 +28,8 @@ def expected_regions(events, grace_months: int = 3, scale: float = 1.0, clock_ms
     paid: dict[str, int] = defaultdict(int)
     claims = defaultdict(lambda: [0, 0])
     contributions = defaultdict(lambda: [0, 0])
+    claim_ends: dict[tuple, dict[str, int]] = defaultdict(dict)  # (nik, claim_id) -> status -> first event time
+    claim_of: dict[tuple, tuple[str, str]] = {}  # (nik, claim_id) -> (region, programme) of its PAID event
     for e in applied:
         r = e.record
         if e.record_name == "Registration" and e.key not in people:
@@ -40,6 +43,11 @@ def expected_regions(events, grace_months: int = 3, scale: float = 1.0, clock_ms
             c = claims[(r["region_code"], r["program"], r["status"])]
             c[0] += 1
             c[1] += r["amount_idr"]
+            if r.get("claim_id"):
+                ends = claim_ends[(e.key, r["claim_id"])]
+                ends[r["status"]] = min(ends.get(r["status"], r["occurred_at"]), r["occurred_at"])
+                if r["status"] == "PAID":
+                    claim_of[(e.key, r["claim_id"])] = (r["region_code"], r["program"])
     out = {}
     for code, region in regions().items():
         cohorts = {}
@@ -66,7 +74,20 @@ def expected_regions(events, grace_months: int = 3, scale: float = 1.0, clock_ms
         for (rc, program, status), (count, amount) in claims.items():
             if rc == code:
                 region_claims[program][status] = {"count": count, "amount_idr": amount}
-        out[code] = {"cohorts": cohorts, "quota": quota, "claims": dict(region_claims),
+        # SUBMITTED -> PAID in whole days per programme; p50/p90 by nearest rank, sorted here from the raw list
+        turnaround: dict[str, list[int]] = defaultdict(list)
+        for key, (rc, program) in claim_of.items():
+            ends = claim_ends[key]
+            if rc == code and "SUBMITTED" in ends and "REJECTED" not in ends:
+                turnaround[program].append(max(ends["PAID"] - ends["SUBMITTED"], 0) // 86_400_000)
+
+        def rank(values: list[int], p: int) -> int:
+            ordered = sorted(values)
+            return ordered[max(math.ceil(p / 100 * len(ordered)), 1) - 1]
+        out[code] = {"claims_turnaround": {program: {"paid": len(days), "p50_days": rank(days, 50),
+                                                     "p90_days": rank(days, 90)}
+                                           for program, days in sorted(turnaround.items())},
+                     "cohorts": cohorts, "quota": quota, "claims": dict(region_claims),
                      "contributions": {"count": contributions[code][0], "amount_idr": contributions[code][1]}}
     return out
 
@@ -75,7 +96,8 @@ def comparable(view: dict) -> dict:
     """The part of a /regions entry that expected_regions() computes."""
     return {"cohorts": {c: {k: v[k] for k in ("registered", "active", "protected", "in_arrears", "ended")}
                         for c, v in view["cohorts"].items()},
-            "quota": view["quota"], "claims": view["claims"], "contributions": view["contributions"]}
+            "quota": view["quota"], "claims": view["claims"], "contributions": view["contributions"],
+            "claims_turnaround": view["claims_turnaround"]}
 
 
 def expected_alerts(events, scale: float, first_days: dict[str, int], until_day: int, rules_=None) -> list[tuple]:

@@ -124,3 +124,39 @@ def test_active_count_is_order_independent(payments):
     forward, backward = fold(events), fold(events[:1] + events[1:][::-1])
     for month in range(1, 13):
         assert view(forward, ms(2025, month))["active"] == view(backward, ms(2025, month))["active"]
+
+
+def claim(status: str, at: int, claim_id: str | None = "K1", program: str = "JKK", who: str = "p1") -> dict:
+    return {"event_id": str(uuid.uuid4()), "occurred_at": at, "region_code": "64.72", "program": program,
+            "status": status, "amount_idr": 1_000_000, "claim_id": claim_id, "who": who}
+
+
+def test_claim_turnaround_pairs_submitted_and_paid_in_either_order_and_forgets_rejections():
+    day = 86_400_000
+    t0 = ms(2025, 3)
+    events = [("Claim", claim("SUBMITTED", t0, "A")), ("Claim", claim("APPROVED", t0 + 2 * day, "A")),
+              ("Claim", claim("PAID", t0 + 5 * day + 3600_000, "A")),  # 5 days and an hour: 5 whole days
+              ("Claim", claim("PAID", t0 + 9 * day, "B")), ("Claim", claim("SUBMITTED", t0 + day, "B")),  # late
+              ("Claim", claim("SUBMITTED", t0, "C")), ("Claim", claim("REJECTED", t0 + day, "C")),
+              ("Claim", claim("PAID", t0 + 3 * day, "C")),  # C was rejected: its PAID waits alone
+              ("Claim", claim("SUBMITTED", t0, "A", who="p2")), ("Claim", claim("PAID", t0 + 20 * day, "A", who="p2")),
+              ("Claim", claim("PAID", t0, None))]  # no claim id: counted as a claim, no turnaround
+    stats = fold(events)
+    assert stats["turnaround"] == {"JKK": {"5": 1, "8": 1, "20": 1}}
+    assert view(stats, ms(2025, 4))["claims_turnaround"] == {"JKK": {"paid": 3, "p50_days": 8, "p90_days": 20}}
+    assert view(stats, ms(2025, 4))["claims"]["JKK"]["PAID"]["count"] == 5
+
+
+def test_percentiles_by_nearest_rank():
+    assert rules.percentile({}, 50) is None
+    assert rules.percentile({"3": 1}, 90) == 3
+    histogram = {str(d): 1 for d in range(1, 11)}  # 1..10
+    assert (rules.percentile(histogram, 50), rules.percentile(histogram, 90), rules.percentile(histogram, 100)) == (5, 9, 10)
+
+
+def test_open_claims_stay_bounded():
+    events = [("Claim", claim("SUBMITTED", ms(2025, 1), f"open-{i}")) for i in range(rules.OPEN_CLAIMS_LIMIT + 10)]
+    state = None
+    for kind, event in events:
+        state, _, _ = rules.apply_event(state, kind, event)
+    assert len(state["cl"]) == rules.OPEN_CLAIMS_LIMIT
