@@ -78,6 +78,34 @@ def test_v1_consumer_reads_v2_data_and_v2_consumer_reads_v1_data(settings, regis
     assert v2.decode(new, "Registration")["village"] == "Loa Janan Ilir"
 
 
+def test_the_returned_claim_status_is_a_backward_compatible_evolution(settings, registry):
+    """ClaimStatus gained RETURNED (documents missing): the registry accepts it over the previous version under its
+    BACKWARD rule, the project's reader takes both old records and RETURNED ones, and a reader still on the old
+    version cannot read RETURNED (so consumers are upgraded before publishers: docs/contract.md)."""
+    from streams.serde import DecodeError
+    previous = copy.deepcopy(contract_schemas()["Claim"])
+    for field in previous["fields"]:
+        if field["name"] == "status":
+            field["type"]["symbols"] = [s for s in field["type"]["symbols"] if s != "RETURNED"]
+    symbols = lambda schema: next(f["type"]["symbols"] for f in schema["fields"] if f["name"] == "status")  # noqa
+    assert symbols(contract_schemas()["Claim"])[-1] == "RETURNED" and "RETURNED" not in symbols(previous)
+    topic = settings.topics.claims
+    old_reader = AvroSerde(registry.url, schemas={"Claim": previous})
+    current = AvroSerde(registry.url)
+    claim = {"event_id": str(uuid.uuid4()), "occurred_at": 1_750_000_000_000, "nik": "6402010101900001",
+             "region_code": "64.02", "program": "JHT", "amount_idr": 10_000_000, "status": "SUBMITTED",
+             "claim_id": "KLM-1"}
+    old = old_reader.encode(topic, "Claim", claim)  # the previous version registered first
+    returned = current.encode(topic, "Claim", {**claim, "status": "RETURNED"})  # accepted as the next version
+    assert old[1:5] != returned[1:5]
+    client = SchemaRegistryClient({"url": registry.url})
+    assert len(client.get_versions(f"{topic}-value")) == 2
+    assert current.decode(old, "Claim") == claim
+    assert current.decode(returned, "Claim")["status"] == "RETURNED"
+    with pytest.raises(DecodeError):
+        old_reader.decode(returned, "Claim")
+
+
 def test_compatibility_endpoint_and_global_backward_rule(registry):
     assert requests.get(f"{registry.url}/config", timeout=10).json()["compatibilityLevel"] == "BACKWARD"
 
