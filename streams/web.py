@@ -8,17 +8,26 @@ from aiokafka.errors import IllegalStateError
 from prometheus_client import start_http_server
 
 from streams import faust_fixes, metrics, probes
+from streams.reference import regions as reference_regions
 
 
 def register(topo) -> None:
     app = topo.app
 
     page = (Path(__file__).with_name("static") / "index.html").read_text()
+    region_page = (Path(__file__).with_name("static") / "region.html").read_text()
 
     @app.page("/")
     async def index(web, request):
         """The live page for people: a table of the 10 regions, a coverage chart and bars (no CDN, works offline)."""
         return web.html(page)
+
+    async def region(web, request, code: str):
+        """One region for its officers: protected / in arrears / ended per cohort, quota by funder, claims with
+        turnaround, the alerts firing now."""
+        if code not in reference_regions():
+            return web.json({"error": f"unknown region {code[:10]!r}"}, status=404)
+        return web.html(region_page)
 
     async def all_regions(web, request):
         return web.json(topo.read_model.views())
@@ -48,7 +57,8 @@ def register(topo) -> None:
         return web.json(body, status=status)
 
     # CONTRACT.md names the paths without a trailing slash; both forms answer
-    for path, handler in (("/regions", all_regions), ("/regions/{code}", one_region), ("/about", about),
+    for path, handler in (("/regions", all_regions), ("/regions/{code}", one_region), ("/region/{code}", region),
+                          ("/about", about),
                           ("/healthz", livez),
                           ("/livez", livez), ("/readyz", readyz)):
         app.page(path)(handler)

@@ -101,5 +101,26 @@ def test_live_page_updates_without_reload_and_matches_the_api(kafka, registry, t
         assert banner.is_displayed() and "Simulated data" in banner.text and "1 % of the province" in banner.text
         browser.save_screenshot(str(tmp_path / "page.png"))
         assert (tmp_path / "page.png").stat().st_size > 10_000
+        # the region page, reached from the table: who is protected, in arrears, ended; claims with turnaround
+        code = max(regions, key=lambda r: sum(t["paid"] for t in r["claims_turnaround"].values()))["code"]
+        browser.find_element("css selector", f'tr[data-code="{code}"] a').click()
+        worker.wait(lambda: browser.current_url.endswith(f"/region/{code}/") and browser.execute_script(
+            "return document.querySelectorAll('#cohorts tbody tr').length") == 3, 30, "the region page")
+        view = requests.get(worker.url(f"/regions/{code}/"), timeout=5).json()
+
+        def shown() -> dict:
+            return browser.execute_script("""return Object.fromEntries(Array.from(
+                document.querySelectorAll('#cohorts tbody tr')).map(r => [r.dataset.cohort,
+                ['registered', 'protected', 'arrears1', 'arrears2', 'arrears3', 'ended'].map(
+                    c => r.querySelector('.' + c).textContent)]));""")
+        want = {c: [f"{v[k]:,}" for k in ("registered", "protected")]
+                + [f"{v['in_arrears'][m]:,}" for m in ("1", "2", "3")] + [f"{v['ended']:,}"]
+                for c, v in view["cohorts"].items()}
+        worker.wait(lambda: shown() == want, 30, "the region page to show the protection figures of the API")
+        program, turnaround = next(iter(view["claims_turnaround"].items()))
+        cells = browser.execute_script(f"""const r = document.querySelector('#claims tr[data-program="{program}"]');
+            return [r.querySelector('.p50').textContent, r.querySelector('.p90').textContent];""")
+        assert cells == [f"{turnaround['p50_days']} days", f"{turnaround['p90_days']} days"]
+        assert view["name"] in browser.find_element("id", "name").text
     finally:
         worker.stop()

@@ -62,11 +62,12 @@ def test_pipeline_runs_end_to_end_over_sasl_scram(scram_broker, registry, tmp_pa
         assert PASSWORD not in worker.log.read_text() + sink.log.read_text()
         # the web endpoints: read-only, errors without stack traces
         for method in ("post", "put", "delete", "patch"):
-            for path in ("/regions/", "/regions/64.72/", "/healthz/", "/"):
+            for path in ("/regions/", "/regions/64.72/", "/region/64.72/", "/readyz/", "/about/", "/healthz/", "/"):
                 answer = getattr(requests, method)(worker.url(path), data=b"{}", timeout=5)
                 assert answer.status_code in (404, 405), (method, path, answer.status_code)
                 assert "Traceback" not in answer.text and 'File "' not in answer.text
-        for path in ("/regions/%00/", "/regions/" + "9" * 5000 + "/", "/../../etc/passwd", "/regions/64.72/x/"):
+        for path in ("/regions/%00/", "/regions/" + "9" * 5000 + "/", "/../../etc/passwd", "/regions/64.72/x/",
+                     "/region/99.99/", "/region/<script>/"):
             answer = requests.get(worker.url(path), timeout=5)
             assert answer.status_code in (400, 404, 414), (path, answer.status_code)
             assert "Traceback" not in answer.text and 'File "' not in answer.text
