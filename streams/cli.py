@@ -140,6 +140,15 @@ def _wait_for_a_stop_signal() -> None:
         signal.pause()
 
 
+def _ensure_topics_or_fail(s: Settings) -> list[str]:
+    """The contract's topics, or one readable line when no broker answers within 5 s."""
+    from streams.topics import BrokerUnreachable, ensure_topics
+    try:
+        return ensure_topics(s, probe_seconds=5)
+    except BrokerUnreachable as exc:
+        _fail(f"{exc}; is Kafka running? (`jamsostek broker` starts one locally)")
+
+
 def _print_endpoints(s: Settings) -> None:
     console.print(f"  KAFKA_BOOTSTRAP_SERVERS={s.kafka_bootstrap_servers}")
     console.print(f"  SCHEMA_REGISTRY_URL={s.schema_registry_url}")
@@ -149,12 +158,7 @@ def _print_endpoints(s: Settings) -> None:
 @app.command()
 def topics(config: Optional[Path] = ConfigOpt) -> None:
     """Create the contract's topics on the configured broker (idempotent)."""
-    from streams.topics import BrokerUnreachable, ensure_topics
-    s = _settings(config)
-    try:
-        created = ensure_topics(s, probe_seconds=5)
-    except BrokerUnreachable as exc:
-        _fail(f"{exc}; is Kafka running? (`jamsostek broker` starts one locally)")
+    created = _ensure_topics_or_fail(_settings(config))
     console.print(f"created: {', '.join(created) or 'nothing (all exist)'}")
 
 
@@ -175,14 +179,10 @@ def simulate(
     """Publish a realistic, seeded, event-time-ordered stream of Kaltim events."""
     from streams.simulator.publish import run_simulation
     from streams.simulator.scenario import SCENARIO_FILE, Scenario
-    from streams.topics import BrokerUnreachable, ensure_topics
     s = _settings(config)
     sc = Scenario.load(scenario_file or SCENARIO_FILE, seed=seed, scale=scale, bad_share=bad_share,
                        duplicate_share=duplicate_share)
-    try:
-        ensure_topics(s, probe_seconds=5)
-    except BrokerUnreachable as exc:
-        _fail(f"{exc}; is Kafka running? (`jamsostek broker` starts one locally)")
+    _ensure_topics_or_fail(s)
     try:
         stats = run_simulation(s, sc, months=months, rate=rate, live_rate=live_rate)
     except KeyboardInterrupt:

@@ -79,7 +79,7 @@ SINK_LAG = gauge("jamsostek_sink_lag_records", "Records not yet written to the w
 NIK_REDACTED = counter("jamsostek_nik_redacted", "NIK-like digit runs replaced in free text before it left the "
                        "process (where: record, dead_letter, alert, log)", ["where"], registries=W + S)
 
-_FIRING: dict[str, set[tuple[str, str, str]]] = {}  # region -> the alert series shown now
+_FIRING: dict[str, "ShownSeries"] = {}  # region -> its alert series shown now
 
 
 def publish_region(view: dict) -> None:
@@ -97,12 +97,8 @@ def publish_region(view: dict) -> None:
         QUOTA_TOTAL.labels(code, funding).set(q["total"])
         QUOTA_USED.labels(code, funding).set(q["used"])
     STALLED.labels(code).set(1 if view["stalled"] else 0)
-    firing = {(code, a["kind"], a["severity"].lower()) for a in view["alerts"]}
-    for labels in _FIRING.get(code, set()) - firing:
-        ALERT_FIRING.remove(*labels)
-    for labels in firing:
-        ALERT_FIRING.labels(*labels).set(1)
-    _FIRING[code] = firing
+    _FIRING.setdefault(code, ShownSeries(ALERT_FIRING)).set(
+        {(code, a["kind"], a["severity"].lower()): 1 for a in view["alerts"]})
 
 
 def publish_clock(views: list[dict]) -> None:
@@ -111,16 +107,23 @@ def publish_clock(views: list[dict]) -> None:
         STREAM_CLOCK.set(clock_ms / 1000)
 
 
-class PartitionGauge:
-    """Keeps a per-(topic, partition) gauge to the partitions a consumer holds now: series of partitions it no
-    longer has are removed, not left at their last value."""
+class ShownSeries:
+    """Keeps a labelled gauge to the series that exist now: ``set`` removes the series of label tuples no longer
+    given (a revoked partition, a resolved alert) instead of leaving them at their last value."""
 
     def __init__(self, gauge_: Gauge):
         self.gauge, self.shown = gauge_, set()
 
-    def set(self, values: dict[tuple[str, int], float]) -> None:
-        for topic, partition in self.shown - set(values):
-            self.gauge.remove(topic, str(partition))
-        for (topic, partition), value in values.items():
-            self.gauge.labels(topic, str(partition)).set(value)
+    def set(self, values: dict[tuple[str, ...], float]) -> None:
+        for labels in self.shown - set(values):
+            self.gauge.remove(*labels)
+        for labels, value in values.items():
+            self.gauge.labels(*labels).set(value)
         self.shown = set(values)
+
+
+class PartitionGauge(ShownSeries):
+    """A per-(topic, partition) gauge showing only the partitions a consumer holds now."""
+
+    def set(self, values: dict[tuple[str, int], float]) -> None:
+        super().set({(topic, str(partition)): value for (topic, partition), value in values.items()})
