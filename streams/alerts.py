@@ -15,11 +15,13 @@ from streams.privacy import scrubbed
 log = logging.getLogger("jamsostek.alerts")
 
 
-async def publish(topo, alert: dict) -> None:
+async def publish(topo, alert: dict):
+    """Send ``alert``; returns the delivery (await it for the broker's acknowledgement)."""
     alert = {**alert, "summary": scrubbed(alert["summary"], "alert"),
              "details": {k: scrubbed(v, "alert") for k, v in alert["details"].items()}}
     value = topo.serde.encode(topo.region_alerts.get_topic_name(), "RegionAlert", alert)
-    await topo.region_alerts.send(key=alert["region_code"].encode(), value=value, force=True)  # not deferred
+    delivery = await topo.region_alerts.send(key=alert["region_code"].encode(), value=value, force=True)  # now
     ALERTS.labels(alert["kind"], alert["status"]).inc()
     log.warning("ALERT %s %s [%s] %s (id %s)", alert["status"], alert["kind"], alert["severity"], alert["summary"],
                 alert["alert_id"])
+    return delivery

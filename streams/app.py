@@ -18,6 +18,7 @@ from typing import Any
 import faust
 
 from streams.config import Settings
+from streams.faults import FaultPoints
 from streams.serde import AvroSerde
 from streams.topics import CHANGELOG_CONFIG, WHOLE_STATE_CHANGELOG_CONFIG
 
@@ -37,6 +38,7 @@ class Topology:
     clocks: Any
     region_alerts: Any
     pseudonym_key: bytes
+    faults: FaultPoints
 
     @property
     def input_partitions(self) -> list[str]:
@@ -95,6 +97,7 @@ def create_app(settings: Settings) -> Topology:
         region_alerts=app.topic(t.region_alerts, key_type=bytes, value_type=bytes, key_serializer="raw",
                                 value_serializer="raw"),
         pseudonym_key=key,
+        faults=FaultPoints(settings.fault_point),
     )
     from streams.read_model import RegionReadModel
     assert topo.regions.changelog_topic.get_topic_name() == settings.regions_changelog

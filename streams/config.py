@@ -108,6 +108,9 @@ class Settings(BaseSettings):
     clock_idle_seconds: float = Field(30, ge=0, description="a source partition whose clock has not moved for this "
                                                            "long (wall time) is idle: the stream clock does not wait for it")
     stall: StallRules = Field(default_factory=StallRules, description="stall rule thresholds (docs/domain.md)")
+    fault_point: str | None = Field(None, pattern=r"^[a-z]+:[a-z-]+(@[1-9][0-9]*)?$",
+                                    description="drills only: `stage:point@n` kills the worker with SIGKILL the n-th "
+                                    "time it reaches that point of its write order (streams/faults.py)")
 
     @property
     def sink_group_id(self) -> str:

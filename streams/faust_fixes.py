@@ -1,5 +1,6 @@
-"""Fixes for faust-streaming 0.15.3 that the kill -9 drills need: records fetched around recovery or a rebalance
-were lost.
+"""Every patch of Faust in this project (no other module touches a Faust private name), for the versions in
+``VERSIONS``: the kill -9 drills need them. Records fetched around recovery or a rebalance were lost, and state
+writes could still be in Faust's producer buffer when input offsets were committed.
 
 Faust's fetch loop hands each record to the streams with ``wait_first(deliver(record), suspend_flow.wait())``
 and marks it read either way; while flow is suspended (recovery, every rebalance) a record is therefore
@@ -18,16 +19,37 @@ is the next offset to read) and skipped while nothing is committed: with offset 
 record at offset 1 cleared from a stream's queue by the next rebalance, while offsets 2… were acknowledged, was
 committed past and never read again (the 40k drill lost participant-events offset 1 of three partitions, 10
 registrations, on the unpatched code). Re-reading is safe here: every stage is idempotent
-(docs/reliability.md)."""
+(docs/reliability.md).
+
+Upstream: records dropped around rebalances and recovery are the family of robinhood/faust #115 and
+faust-streaming #216/#217, #221/#223 and #241 (fixed there for other paths; this one remains in 0.15.3); the
+commit offset is the code of faust-streaming #48, whose off-by-one at a hole is not reported."""
 from __future__ import annotations
 
 import asyncio
+from importlib.metadata import version
 
 from faust.transport.consumer import Consumer
+from faust.transport.producer import ProducerBuffer
 from faust.utils.functional import consecutive_numbers
 
-_perform_seek = Consumer.perform_seek
-_init = Consumer.__init__
+#: the versions these patches were written against and checked on (tests/test_faust_fixes.py also pins the source
+#: of every patched method): an upgrade must re-check each patch against its upstream issue, then update both
+VERSIONS = {"faust-streaming": "0.15.3", "mode-streaming": "0.7.1", "aiokafka": "0.14.0"}
+
+#: Faust's code that the patches replace or rely on, as installed (tests/test_faust_fixes.py pins its source)
+ORIGINALS = {
+    "Consumer.perform_seek": Consumer.perform_seek,
+    "Consumer.__init__": Consumer.__init__,
+    "Consumer._new_offset": Consumer._new_offset,
+    "Consumer._commit_offsets": Consumer._commit_offsets,  # flushes the producer before committing
+    "ProducerBuffer.flush": ProducerBuffer.flush,
+    "ProducerBuffer._send_pending": ProducerBuffer._send_pending,
+    "ProducerBuffer._handle_pending": ProducerBuffer._handle_pending,  # calls _send_pending, sets message_sent
+}
+_perform_seek = ORIGINALS["Consumer.perform_seek"]
+_init = ORIGINALS["Consumer.__init__"]
+_send_pending = ORIGINALS["ProducerBuffer._send_pending"]
 
 
 async def _perform_seek_from_earliest_when_uncommitted(self: Consumer) -> None:
@@ -75,6 +97,34 @@ def _init_with_shielded_delivery(self: Consumer, *args, **kwargs) -> None:
     self.callback = shielded
 
 
+async def _send_pending_counted(self: ProducerBuffer, fut) -> None:
+    """Faust's buffer drainer, counting the message it is handing to the producer (out of the queue, not yet in
+    aiokafka's accumulator): ``flush`` must wait for it too."""
+    self.in_flight = getattr(self, "in_flight", 0) + 1
+    try:
+        await _send_pending(self, fut)
+    finally:
+        self.in_flight -= 1
+
+
+async def _flush_until_handed_over(self: ProducerBuffer) -> None:
+    """Every message put in the buffer (table changelog writes: ``Table.__setitem__`` is synchronous, so Faust
+    queues them) is handed to the producer before this returns. Faust's own ``flush`` returns as soon as one
+    message takes longer than 0.1 s to go out, and does not count the message being handed over: under load the
+    consumer then flushed aiokafka and committed the input offsets while state writes were still in this buffer —
+    a crash right after lost state whose input would not be read again. Upstream: faust-streaming #112 (flush made
+    to wait for the buffer, with the timeout kept) and #273 (flush before commit); the timeout hole is not
+    reported. Raises like Faust's when the producer stopped with messages left."""
+    while self.size or getattr(self, "in_flight", 0):
+        if self.state != "running":
+            raise RuntimeError("Cannot flush: Producer not Running")
+        self.message_sent.clear()
+        try:
+            await asyncio.wait_for(self.message_sent.wait(), timeout=0.1)
+        except asyncio.TimeoutError:
+            continue
+
+
 def read_positions(app) -> dict:
     """The next offset this worker will read per assigned partition (None before the first read), from Faust's
     consumer (its read offset is not public)."""
@@ -90,9 +140,18 @@ def worker_state(app) -> dict[str, bool]:
             "recovered": app.tables.recovery.completed.is_set()}
 
 
+def installed_versions() -> dict[str, str]:
+    return {name: version(name) for name in VERSIONS}
+
+
 def install() -> None:
-    """Idempotent: patch Faust's consumer once per process."""
+    """Idempotent: patch Faust's consumer and producer buffer once per process, on the versions checked."""
+    if installed_versions() != VERSIONS:
+        raise RuntimeError(f"streams/faust_fixes.py was checked on {VERSIONS}, installed: {installed_versions()}; "
+                           "re-check every patch against its upstream issue before changing VERSIONS")
     if Consumer.perform_seek is not _perform_seek_from_earliest_when_uncommitted:
+        ProducerBuffer._send_pending = _send_pending_counted
+        ProducerBuffer.flush = _flush_until_handed_over
         Consumer.perform_seek = _perform_seek_from_earliest_when_uncommitted
         Consumer.__init__ = _init_with_shielded_delivery
         Consumer._new_offset = _new_offset_without_passing_a_hole

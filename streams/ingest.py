@@ -21,7 +21,7 @@ from streams.clock import DAY_MS, PartitionClock
 from streams.metrics import DEAD_LETTERS, EVENT_LAG, EVENTS, LATE_EVENTS
 from streams.rules import participant_key
 from streams.serde import DecodeError
-from streams.topics import send_batch
+from streams.topics import acknowledged, send_batch
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +113,11 @@ def _agent(topo, source, topic_name: str, record_name: str, lateness_ms: int) ->
                     for p in range(partitions):
                         out[p].append({"kind": "Tick", "src": mark, "at": seen.tick})
                 EVENT_LAG.observe(max(now - at / 1000, 0))
+            sent = []  # acknowledged before the clocks that record them are written (participants.py)
             for p, batch in sorted(out.items()):
-                await send_batch(topo.participant_events, "events", batch, key=None, partition=p)
+                sent += await send_batch(topo.participant_events, "events", batch, key=None, partition=p)
+            await acknowledged(sent)
+            await topo.faults.reached("ingest:events-acked", topo.app.producer)
             for mark, clock in marks.items():
                 with routed_by(last[mark]):
                     topo.watermarks[mark] = clock.stored()

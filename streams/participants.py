@@ -1,11 +1,13 @@
 """Stage 2: the participant table (keyed by pseudonym): dedup by event id, registration, paid-through period.
 
-Each participant-events message is a batch (streams/ingest.py). Its region deltas go out as one message per
-region, with ``force=True``: Faust otherwise "attaches" a send to the event being processed and publishes it only
-when that event's offset is committed; a rebalance between the table write (changelog, flushed on revoke) and
-that commit dropped the attached deltas, and the re-read event was then a duplicate: an update lost (seen with
-two workers). Every delta carries ``src`` = [partition, offset, index] of what produced it, so the region stage
-applies a re-sent delta once."""
+Each participant-events message is a batch (streams/ingest.py). Write order, the crash-exactness argument
+(docs/reliability.md, "Write order"): (1) the batch's region deltas, one message per region, are sent and
+*acknowledged*; (2) then the participant states are written (Faust's changelog); (3) Faust commits the input
+offset only after its producer is flushed (streams/faust_fixes.py makes that flush wait for every state write).
+A crash after (1) re-reads the message: its events are not duplicates yet, the same deltas go out again with the
+same ``src`` = [partition, offset, index], and the region stage applies each ``src`` once. A state can never be
+durable before the deltas it caused — the order that lost updates (the re-read events were duplicates, their
+deltas never came). ``force=True``: not attached to the offset commit as Faust does by default."""
 from __future__ import annotations
 
 import collections
@@ -14,7 +16,7 @@ import time
 from streams import clock as clocks, rules
 from streams.metrics import EVENTS
 from streams.reference import regions as reference_regions
-from streams.topics import send_batch
+from streams.topics import acknowledged, send_batch
 
 
 STARTED = time.time()  # sources restored from the changelog count as moving for a while after a (re)start
@@ -29,6 +31,12 @@ def register(topo) -> None:
         for partition in range(topo.settings.topic_partitions):
             await topo.participant_events.send(key=None, value={"events": [{"kind": "Tick", "src": None, "at": 0}]},
                                                partition=partition)
+
+    def write(states: dict[str, dict], clock, partition: int) -> None:
+        for key, state in states.items():
+            topo.participants[key] = state
+        if clock is not None:
+            topo.clocks[str(partition)] = clock.stored()
 
     @topo.app.agent(topo.participant_events, name="participants")
     async def participants(stream):
@@ -61,13 +69,15 @@ def register(topo) -> None:
                     index += 1
                     deltas[delta["region"]].append(delta)
                 states[key] = state
+            if topo.faults.fires("participants:state-first"):  # drills only: the losing order, forced
+                write(states, clock, partition)
+                await topo.faults.kill("participants:state-first", topo.app.producer)
+            sent = []
             for code, batch in deltas.items():
-                await send_batch(topo.region_deltas, "deltas", batch, key=code)
-            # the states after the deltas: should the worker die in between, the events are not duplicates when
-            # re-read, their deltas go out again with the same src and the region stage applies them once.
-            for key, state in states.items():
-                topo.participants[key] = state
-            if clock is not None:
-                topo.clocks[str(partition)] = clock.stored()
+                sent += await send_batch(topo.region_deltas, "deltas", batch, key=code)
+            await acknowledged(sent)
+            await topo.faults.reached("participants:deltas-acked", topo.app.producer)
+            write(states, clock, partition)
+            await topo.faults.reached("participants:state-durable", topo.app.producer)
             for (topic, outcome), n in outcomes.items():
                 EVENTS.labels(topic, outcome).inc(n)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from streams import alerts, clock, rules, stall
 from streams.metrics import CLAIMS_PAID
 from streams.reference import reference
+from streams.topics import acknowledged
 
 
 def register(topo) -> None:
@@ -46,8 +47,11 @@ def register(topo) -> None:
                     paid.append(delta)
             if not changed:
                 continue  # all replayed
-            for alert in transitions:  # before the state that records them (see participants.py)
-                await alerts.publish(topo, alert)
+            # write order as in participants.py: the alerts acknowledged before the state that records them
+            if transitions:
+                await acknowledged([await alerts.publish(topo, alert) for alert in transitions])
+                await topo.faults.reached("regions:alerts-acked", topo.app.producer)
             topo.regions[code] = stats
+            await topo.faults.reached("regions:state-durable", topo.app.producer)
             for delta in paid:
                 CLAIMS_PAID.labels(code, delta["program"]).inc(delta["amount"])

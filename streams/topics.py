@@ -1,6 +1,7 @@
 """Create the topics of docs/contract.md (idempotent)."""
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from confluent_kafka import KafkaException
@@ -82,8 +83,16 @@ def ensure_topics(settings: Settings, timeout: float = 30, extra: dict[str, dict
 MAX_BATCH_ITEMS = 1000  # items per internal message at most: far below the broker's 1 MB message limit
 
 
-async def send_batch(topic, field: str, items: list, **kwargs) -> None:
+async def send_batch(topic, field: str, items: list, **kwargs) -> list:
     """Publish ``items`` on an internal topic as ``{field: [...]}`` messages, in order, now (``force``: not
-    deferred to the offset commit as Faust does by default)."""
-    for i in range(0, len(items), MAX_BATCH_ITEMS):
-        await topic.send(value={field: items[i:i + MAX_BATCH_ITEMS]}, force=True, **kwargs)
+    deferred to the offset commit as Faust does by default). Returns the deliveries: awaiting them waits for the
+    broker's acknowledgement (see ``acknowledged``)."""
+    return [await topic.send(value={field: items[i:i + MAX_BATCH_ITEMS]}, force=True, **kwargs)
+            for i in range(0, len(items), MAX_BATCH_ITEMS)]
+
+
+async def acknowledged(deliveries: list) -> None:
+    """Wait until the broker has every message of ``deliveries`` (a failed send raises: the batch is not recorded
+    as done, and the worker crashes and re-reads it rather than losing it)."""
+    if deliveries:
+        await asyncio.gather(*deliveries)

@@ -80,6 +80,22 @@ def committed_offsets(bootstrap: str, group: str, topics=None) -> int:
                if tp.offset >= 0 and (topics is None or tp.topic in topics))
 
 
+def unread(bootstrap: str, group: str, topics) -> int:
+    """Records of ``topics`` (every partition) past what consumer group ``group`` has committed."""
+    from confluent_kafka import Consumer, TopicPartition
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        metadata = consumer.list_topics(timeout=10).topics
+        tps = [TopicPartition(t, p) for t in topics if t in metadata for p in metadata[t].partitions]
+        total = 0
+        for tp in consumer.committed(tps, timeout=10):
+            low, high = consumer.get_watermark_offsets(tp, timeout=10)
+            total += high - (tp.offset if tp.offset >= 0 else low)
+        return total
+    finally:
+        consumer.close()
+
+
 def assigned_members(bootstrap: str, group: str) -> int:
     """Members of consumer group ``group`` that hold partitions now (0 while it rebalances)."""
     from confluent_kafka.admin import AdminClient

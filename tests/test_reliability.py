@@ -15,7 +15,7 @@ from streams.config import Settings
 from streams.simulator import Scenario
 from tests.conftest import unique
 from tests.expected import comparable, expected_regions
-from tests.helpers import committed_offsets, read_all
+from tests.helpers import MixedLoad, committed_offsets, read_all
 from tests.test_topology import assert_regions_soon, publish
 from tests.test_warehouse import expected_facts, sink_settings, warehouse_facts
 from tests.worker import Sink, Worker
@@ -50,28 +50,29 @@ def test_kill_9_worker_and_sink_five_times_each_loses_and_doubles_nothing(kafka,
     groups = {"worker": settings.app_id, "sink": settings.sink_group_id}
     make = {"worker": lambda n: Worker(settings, tmp_path / f"worker{n}.log"),
             "sink": lambda n: Sink(settings, tmp_path / f"sink{n}.log")}
-    procs = {name: make[name](0).start() for name in make}
-    kills = {"worker": 0, "sink": 0}
-    try:
-        deadline = time.monotonic() + 900
-        while any(points.values()) and time.monotonic() < deadline:
-            for name, due in points.items():
-                done = progress(settings, groups[name], inputs) / total
-                if due and done >= due[0]:
-                    due.pop(0)
-                    procs[name].kill()  # SIGKILL: no flush, no commit, no leave-group
-                    kills[name] += 1
-                    procs[name] = make[name](kills[name]).start()
-            time.sleep(0.5)
-        assert kills == {"worker": KILLS, "sink": KILLS}, f"kill points not reached in time: {points}"
-        for name, proc in procs.items():
-            proc.wait(lambda: progress(settings, groups[name], inputs) >= total, 600, f"{name} committed to the end")
-        # the inputs are read; the internal topics (participant events, region deltas) may still have a backlog
-        assert_regions_soon(procs["worker"], expected_regions(events, scale=scale), 600)
-        assert warehouse_facts(settings.warehouse_url) == expected_facts(events)
-    finally:
-        for proc in procs.values():
-            proc.stop()
+    with MixedLoad(tmp_path, seconds=1200):  # beside heavy mixed load, every run (DEVELOPERS.md)
+        procs = {name: make[name](0).start() for name in make}
+        kills = {"worker": 0, "sink": 0}
+        try:
+            deadline = time.monotonic() + 900
+            while any(points.values()) and time.monotonic() < deadline:
+                for name, due in points.items():
+                    done = progress(settings, groups[name], inputs) / total
+                    if due and done >= due[0]:
+                        due.pop(0)
+                        procs[name].kill()  # SIGKILL: no flush, no commit, no leave-group
+                        kills[name] += 1
+                        procs[name] = make[name](kills[name]).start()
+                time.sleep(0.5)
+            assert kills == {"worker": KILLS, "sink": KILLS}, f"kill points not reached in time: {points}"
+            for name, proc in procs.items():
+                proc.wait(lambda: progress(settings, groups[name], inputs) >= total, 600, f"{name} committed to the end")
+            # the inputs are read; the internal topics (participant events, region deltas) may still have a backlog
+            assert_regions_soon(procs["worker"], expected_regions(events, scale=scale), 600)
+            assert warehouse_facts(settings.warehouse_url) == expected_facts(events)
+        finally:
+            for proc in procs.values():
+                proc.stop()
 
 
 @pytest.fixture
