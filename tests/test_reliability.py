@@ -34,7 +34,7 @@ def progress(settings: Settings, group: str, topics) -> int:
     return committed_offsets(settings.kafka_bootstrap_servers, group, set(topics))
 
 
-@pytest.mark.timeout(1200)
+@pytest.mark.timeout(1200 if CRASH_EVENTS <= 50_000 else 3600)
 def test_kill_9_worker_and_sink_five_times_each_loses_and_doubles_nothing(kafka, registry, postgres, tmp_path):
     scale, events = crash_scenario(CRASH_EVENTS)
     settings = Settings(kafka_bootstrap_servers=kafka.bootstrap, schema_registry_url=registry.url,
@@ -54,7 +54,7 @@ def test_kill_9_worker_and_sink_five_times_each_loses_and_doubles_nothing(kafka,
         procs = {name: make[name](0).start() for name in make}
         kills = {"worker": 0, "sink": 0}
         try:
-            deadline = time.monotonic() + 900
+            deadline = time.monotonic() + (900 if CRASH_EVENTS <= 50_000 else 2400)
             while any(points.values()) and time.monotonic() < deadline:
                 for name, due in points.items():
                     done = progress(settings, groups[name], inputs) / total
