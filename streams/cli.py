@@ -224,6 +224,9 @@ def worker(config: Optional[Path] = ConfigOpt,
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 <pid>` dumps every thread's stack
     privacy.install_log_scrubber()
     s = _settings(config)
+    if s.profile_path is None:
+        import mode.loop
+        mode.loop.use("uvloop")  # the profiler cannot see into uvloop's callbacks: profiles run on asyncio
     try:
         topo = create_app(s)
         ensure_topics(s, extra=app_topics(topo))

@@ -27,8 +27,11 @@ commit offset is the code of faust-streaming #48, whose off-by-one at a hole is 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import weakref
 from importlib.metadata import version
 
+from faust.streams import _current_event
 from faust.transport.consumer import Consumer
 from faust.transport.producer import ProducerBuffer
 from faust.utils.functional import consecutive_numbers
@@ -123,6 +126,18 @@ async def _flush_until_handed_over(self: ProducerBuffer) -> None:
             await asyncio.wait_for(self.message_sent.wait(), timeout=0.1)
         except asyncio.TimeoutError:
             continue
+
+
+@contextlib.contextmanager
+def routed_by(event):
+    """Faust routes a table read/write (changelog and RocksDB partition) by the task's "current event"; in a batch
+    that is none or any. Route by ``event`` instead (Faust's context variable: setting the stream's
+    ``current_event`` would also change what ``take_events`` buffers next)."""
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
 
 
 def read_positions(app) -> dict:

@@ -9,15 +9,12 @@ counted, and goes on like any other. Only invalid records are dead-lettered."""
 from __future__ import annotations
 
 import collections
-import contextlib
 import logging
 import time
-import weakref
-
-from faust.streams import _current_event
 
 from streams import privacy, validation
 from streams.clock import DAY_MS, PartitionClock
+from streams.faust_fixes import routed_by
 from streams.metrics import DEAD_LETTERS, EVENT_LAG, EVENTS, LATE_EVENTS
 from streams.rules import participant_key
 from streams.serde import DecodeError
@@ -45,18 +42,6 @@ async def dead_letter(topo, message, reason: str, detail: str) -> None:
     DEAD_LETTERS.labels(reason).inc()
     EVENTS.labels(message.topic, "dead_letter").inc()
     log.warning("dead-lettered %s[%d]@%d: %s", message.topic, message.partition, message.offset, reason)
-
-
-@contextlib.contextmanager
-def routed_by(event):
-    """Faust routes a table read/write (changelog and RocksDB partition) by the task's "current event"; in a batch
-    that is none or any. Route by ``event`` instead (Faust's context variable: setting the stream's
-    ``current_event`` would also change what ``take_events`` buffers next)."""
-    token = _current_event.set(weakref.ref(event))
-    try:
-        yield
-    finally:
-        _current_event.reset(token)
 
 
 def register(topo) -> None:

@@ -2,6 +2,7 @@
 worker."""
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from aiokafka.errors import IllegalStateError
@@ -44,8 +45,9 @@ def register(topo) -> None:
                          "target_scale": topo.settings.target_scale})
 
     async def livez(web, request):
-        """Liveness: the event loop answers (streams/probes.py)."""
-        return web.json({"status": "ok", "app": app.conf.id})
+        """Liveness: the event loop answers (streams/probes.py); which loop it is (uvloop unless profiling)."""
+        loop = type(asyncio.get_running_loop()).__module__.split(".")[0]
+        return web.json({"status": "ok", "app": app.conf.id, "loop": loop})
 
     lag_known = {"value": False}
 

@@ -55,3 +55,23 @@ def test_the_stream_worker_does_not_import_the_sinks():
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             offenders += [f"{path.relative_to(PROJECT_ROOT)}: {n}" for n in names if n.split(".")[0] == "sinks"]
     assert offenders == []
+
+
+def test_only_faust_fixes_touches_faust_private_names():
+    """Every patch of Faust or mode lives in streams/faust_fixes.py: no other module imports a private name from
+    them or reads a private attribute of an app, consumer, producer, stream, event, table or topic."""
+    import ast
+    import re
+    private_attr = re.compile(r"\b(app|consumer|producer|stream|event|table|topic|tables)\w*\._[a-z]")
+    offenders = []
+    for root in ("streams", "sinks"):
+        for path in sorted((PROJECT_ROOT / root).rglob("*.py")):
+            if path.name == "faust_fixes.py":
+                continue
+            text = path.read_text()
+            for node in ast.walk(ast.parse(text)):
+                if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in ("faust", "mode"):
+                    offenders += [f"{path.name}: {node.module}.{a.name}" for a in node.names
+                                  if a.name.startswith("_")]
+            offenders += [f"{path.name}: {m.group(0)}" for m in private_attr.finditer(text)]
+    assert offenders == []
