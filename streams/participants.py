@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import collections
 import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
 
 from streams import clock as clocks, rules
 from streams.metrics import EVENTS
@@ -22,62 +24,83 @@ from streams.topics import acknowledged, send_batch
 STARTED = time.time()  # sources restored from the changelog count as moving for a while after a (re)start
 
 
+@dataclass
+class Folded:
+    """What one participant-events message does: the participants' new states (to write), the region deltas
+    (to send first), outcome counts, and the partition's clock if a tick moved it."""
+
+    states: dict[str, dict] = field(default_factory=dict)
+    deltas: dict[str, list] = field(default_factory=lambda: collections.defaultdict(list))
+    outcomes: collections.Counter = field(default_factory=collections.Counter)
+    clock: clocks.SourceClock | None = None
+
+
+def fold_message(values: list[dict], partition: int, offset: int, state_of: Callable[[str], dict | None],
+                 stored_clock: dict | None, codes: Iterable[str], input_partitions: list[str], now: float,
+                 started: float, idle_seconds: float) -> Folded:
+    """Pure: fold one message's events (and ticks) over the participants' states (``state_of``: the durable
+    state of a key). Every delta gets ``src`` = [partition, offset, index], numbered in message order over the
+    deltas it produces: a re-read of the message after a crash produces a subset of the same deltas (those of
+    participants whose state was not durable), each with an index no larger than the first time's last."""
+    out = Folded()
+    index = 0
+    for value in values:
+        if value["kind"] == "Tick":
+            out.clock, forward = clocks.fold_source_tick(
+                out.clock or clocks.SourceClock.from_stored(stored_clock, now), value["src"], value["at"],
+                input_partitions, now, started, idle_seconds)
+            if forward is not None:
+                for code in codes:
+                    out.deltas[code].append({"k": "tick", "at": forward, "src": [partition, offset, index]})
+                    index += 1
+            continue
+        key = value["key"]
+        state = out.states[key] if key in out.states else state_of(key)
+        state, new, duplicate = rules.apply_event(state, value["kind"], value)
+        out.outcomes[value["topic"], "duplicate" if duplicate else "processed"] += 1
+        if duplicate:
+            continue
+        for delta in new:
+            delta["src"] = [partition, offset, index]
+            index += 1
+            out.deltas[delta["region"]].append(delta)
+        out.states[key] = state
+    return out
+
+
 def register(topo) -> None:
     codes = reference_regions()
+    settings = topo.settings
 
-    @topo.app.timer(max(topo.settings.clock_idle_seconds / 3, 1.0))
+    @topo.app.timer(max(settings.clock_idle_seconds / 3, 1.0))
     async def recheck_idle_sources():
         """Idleness is a matter of wall time: re-check each partition's clock even when no tick arrives."""
-        for partition in range(topo.settings.topic_partitions):
+        for partition in range(settings.topic_partitions):
             await topo.participant_events.send(key=None, value={"events": [{"kind": "Tick", "src": None, "at": 0}]},
                                                partition=partition)
 
-    def write(states: dict[str, dict], clock, partition: int) -> None:
-        for key, state in states.items():
+    def write(folded: Folded, partition: int) -> None:
+        for key, state in folded.states.items():
             topo.participants[key] = state
-        if clock is not None:
-            topo.clocks[str(partition)] = clock.stored()
+        if folded.clock is not None:
+            topo.clocks[str(partition)] = folded.clock.stored()
 
     @topo.app.agent(topo.participant_events, name="participants")
     async def participants(stream):
         async for event in stream.events():
             partition, offset = event.message.partition, event.message.offset
-            states: dict[str, dict] = {}
-            deltas: dict[str, list] = collections.defaultdict(list)
-            outcomes: collections.Counter = collections.Counter()
-            clock = None  # this partition's clock, once a tick changed it
-            index = 0
-            for value in event.value["events"]:
-                if value["kind"] == "Tick":
-                    now = time.time()
-                    clock, forward = clocks.fold_source_tick(
-                        clock or clocks.SourceClock.from_stored(topo.clocks.get(str(partition)), now), value["src"],
-                        value["at"], topo.input_partitions, now, STARTED, topo.settings.clock_idle_seconds)
-                    if forward is not None:
-                        for code in codes:
-                            deltas[code].append({"k": "tick", "at": forward, "src": [partition, offset, index]})
-                            index += 1
-                    continue
-                key = value["key"]
-                state = states[key] if key in states else topo.participants.get(key)
-                state, new, duplicate = rules.apply_event(state, value["kind"], value)
-                outcomes[value["topic"], "duplicate" if duplicate else "processed"] += 1
-                if duplicate:
-                    continue
-                for delta in new:
-                    delta["src"] = [partition, offset, index]
-                    index += 1
-                    deltas[delta["region"]].append(delta)
-                states[key] = state
+            folded = fold_message(event.value["events"], partition, offset, topo.participants.get,
+                                  topo.clocks.get(str(partition)), codes, topo.input_partitions, time.time(),
+                                  STARTED, settings.clock_idle_seconds)
             if topo.faults.fires("participants:state-first"):  # drills only: the losing order, forced
-                write(states, clock, partition)
+                write(folded, partition)
                 await topo.faults.kill("participants:state-first", topo.app.producer)
             sent = []
-            for code, batch in deltas.items():
+            for code, batch in folded.deltas.items():
                 sent += await send_batch(topo.region_deltas, "deltas", batch, key=code)
             await acknowledged(sent)
             await topo.faults.reached("participants:deltas-acked", topo.app.producer)
-            write(states, clock, partition)
+            write(folded, partition)
             await topo.faults.reached("participants:state-durable", topo.app.producer)
-            for (topic, outcome), n in outcomes.items():
+            for (topic, outcome), n in folded.outcomes.items():
                 EVENTS.labels(topic, outcome).inc(n)

@@ -5,53 +5,72 @@ Each message is a batch of one region's deltas from one participant-events messa
 region's state, written once."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from streams import alerts, clock, rules, stall
 from streams.metrics import CLAIMS_PAID
 from streams.reference import reference
 from streams.topics import acknowledged
 
 
+@dataclass
+class Applied:
+    """What one region-deltas message does to its region: the new state (None: every delta was a replay, write
+    nothing), the stall transitions to publish first, and the paid claims to count."""
+
+    stats: dict | None
+    transitions: list[dict] = field(default_factory=list)
+    paid: list[dict] = field(default_factory=list)
+
+
+def apply_message(stored: dict | None, deltas: list[dict], region, settings, partitions: int,
+                  end_day: int) -> Applied:
+    """Pure: apply one message's deltas to a copy of the region's state. A delta whose ``src`` the state has
+    applied already (participant stage re-run after a crash) is skipped. Not a tick: applying one again changes
+    nothing (a maximum), and a re-run need not repeat it, since when a clock moves depends on wall time (idle
+    sources): a tick first sent by a re-run of an old message must not be mistaken for a replay."""
+    stats = rules.copy_region(stored)
+    out, changed = Applied(stats), False
+    for delta in deltas:
+        partition, offset, index = delta["src"]
+        tick = delta["k"] == "tick"
+        if not tick and [offset, index] <= stats["applied"].get(str(partition), [-1, -1]):
+            continue
+        if tick and delta["at"] <= stats["wm"].get(str(partition), 0):
+            continue  # nothing new
+        rules.apply_delta_in_place(stats, delta, region, settings.target_scale)
+        changed = True
+        if not tick:
+            stats["applied"][str(partition)] = [offset, index]
+        low = clock.region_low(stats["wm"], partitions) if tick else None
+        if low is not None:
+            out.transitions += stall.advance(stats, region, low, settings.stall, settings.grace_months,
+                                             settings.target_scale, end_day)
+        elif delta["k"] == "claim" and delta["status"] == "PAID":
+            out.paid.append(delta)
+    if not changed:
+        out.stats = None
+    return out
+
+
 def register(topo) -> None:
     ref = reference()
     settings = topo.settings
     end_day = stall.month_day(ref.programme_end)
-    partitions = settings.topic_partitions
 
     @topo.app.agent(topo.region_deltas, name="regions")
     async def region_agent(stream):
         async for event in stream.events():
-            code, region = event.key, ref.regions[event.key]
-            stored = topo.regions.get(code)
-            stats = rules.copy_region(stored)
-            transitions, paid, changed = [], [], False
-            for delta in event.value["deltas"]:
-                partition, offset, index = delta["src"]
-                tick = delta["k"] == "tick"
-                # a replayed delta (participant stage re-run after a crash) is applied once. Not a tick: applying
-                # one again changes nothing (a maximum), and a re-run need not repeat it, since when a clock
-                # moves depends on wall time (idle sources): a tick first sent by a re-run of an old message
-                # must not be mistaken for a replay
-                if not tick and [offset, index] <= stats["applied"].get(str(partition), [-1, -1]):
-                    continue
-                if tick and delta["at"] <= stats["wm"].get(str(partition), 0):
-                    continue  # nothing new
-                rules.apply_delta_in_place(stats, delta, region, settings.target_scale)
-                changed = True
-                if not tick:
-                    stats["applied"][str(partition)] = [offset, index]
-                low = clock.region_low(stats["wm"], partitions) if tick else None
-                if low is not None:
-                    transitions += stall.advance(stats, region, low, settings.stall, settings.grace_months,
-                                                 settings.target_scale, end_day)
-                elif delta["k"] == "claim" and delta["status"] == "PAID":
-                    paid.append(delta)
-            if not changed:
+            code = event.key
+            applied = apply_message(topo.regions.get(code), event.value["deltas"], ref.regions[code], settings,
+                                    settings.topic_partitions, end_day)
+            if applied.stats is None:
                 continue  # all replayed
             # write order as in participants.py: the alerts acknowledged before the state that records them
-            if transitions:
-                await acknowledged([await alerts.publish(topo, alert) for alert in transitions])
+            if applied.transitions:
+                await acknowledged([await alerts.publish(topo, alert) for alert in applied.transitions])
                 await topo.faults.reached("regions:alerts-acked", topo.app.producer)
-            topo.regions[code] = stats
+            topo.regions[code] = applied.stats
             await topo.faults.reached("regions:state-durable", topo.app.producer)
-            for delta in paid:
+            for delta in applied.paid:
                 CLAIMS_PAID.labels(code, delta["program"]).inc(delta["amount"])
