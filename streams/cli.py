@@ -203,12 +203,14 @@ def regions() -> None:
     ref = reference()
     table = Table(title=f"Kaltim regions — province quota {ref.province_quota:,} "
                         f"({ref.programme_start} … {ref.programme_end})")
-    for col in ("code", "name", "kind", "population", "province quota", "regency/city quota",
+    for col in ("code", "name", "kind", "population", "province quota", "regency/city quota", "other funders",
                 "vulnerable target", "non-ASN target"):
-        table.add_column(col, justify="right" if col not in ("name", "kind") else "left")
+        table.add_column(col, justify="right" if col not in ("name", "kind", "other funders") else "left")
     for r in ref.regions.values():
+        others = ", ".join(f"{funder} {n:,}" for funder, n in r.quota.items()
+                           if funder not in ("APBD_PROVINCE", "APBD_REGENCY"))
         table.add_row(r.code, r.name, r.kind, f"{r.population:,}", f"{r.quota.get('APBD_PROVINCE', 0):,}",
-                      f"{r.quota.get('APBD_REGENCY', 0):,}", f"{r.target.get('VULNERABLE_WORKER', 0):,}",
+                      f"{r.quota.get('APBD_REGENCY', 0):,}", others, f"{r.target.get('VULNERABLE_WORKER', 0):,}",
                       f"{r.target.get('NON_CIVIL_SERVANT', 0):,}")
     Console().print(table)
 

@@ -106,6 +106,45 @@ def test_the_returned_claim_status_is_a_backward_compatible_evolution(settings, 
         old_reader.decode(returned, "Claim")
 
 
+def with_funders(schema: dict, symbols: list[str], default: str | None) -> dict:
+    """``schema`` with its FundingSource enum replaced (``default``: the reader's symbol for unknown ones)."""
+    schema = copy.deepcopy(schema)
+    for field in schema["fields"]:
+        if field["name"] == "funding_source":
+            field["type"]["symbols"] = symbols
+            field["type"].pop("default", None)
+            if default:
+                field["type"]["default"] = default
+    return schema
+
+
+def test_funders_evolve_compatibly_and_the_next_funder_reads_as_other(settings, registry):
+    """FundingSource gained DBH, CSR, APBDES and a default symbol (OTHER) over the four-symbol version: the registry
+    accepts it under BACKWARD, the project reads old records and the new funders; an old reader cannot read DBH
+    (consumers upgrade first, as for RETURNED); and thanks to the default, a funder added after this version
+    reaches today's reader as OTHER instead of failing it."""
+    from streams.serde import DecodeError
+    current_schema = contract_schemas()["Registration"]
+    funders = next(f["type"] for f in current_schema["fields"] if f["name"] == "funding_source")
+    assert funders["symbols"][:4] == ["APBD_PROVINCE", "APBD_REGENCY", "EMPLOYER", "SELF"]
+    assert {"DBH", "CSR", "APBDES"} <= set(funders["symbols"]) and funders["default"] == "OTHER"
+    previous = with_funders(current_schema, funders["symbols"][:4], None)
+    following = with_funders(current_schema, [*funders["symbols"], "ZAKAT"], "OTHER")  # e.g. BAZNAS zakat funds
+    topic = settings.topics.registrations
+    old_reader, current = AvroSerde(registry.url, schemas={"Registration": previous}), AvroSerde(registry.url)
+    later = AvroSerde(registry.url, schemas={"Registration": following})
+    old = old_reader.encode(topic, "Registration", REGISTRATION)
+    dbh = current.encode(topic, "Registration", {**REGISTRATION, "funding_source": "DBH"})
+    zakat = later.encode(topic, "Registration", {**REGISTRATION, "funding_source": "ZAKAT"})
+    client = SchemaRegistryClient({"url": registry.url})
+    assert len(client.get_versions(f"{topic}-value")) == 3
+    assert current.decode(old, "Registration") == REGISTRATION
+    assert current.decode(dbh, "Registration")["funding_source"] == "DBH"
+    assert current.decode(zakat, "Registration")["funding_source"] == "OTHER"
+    with pytest.raises(DecodeError):
+        old_reader.decode(dbh, "Registration")
+
+
 def test_compatibility_endpoint_and_global_backward_rule(registry):
     assert requests.get(f"{registry.url}/config", timeout=10).json()["compatibilityLevel"] == "BACKWARD"
 

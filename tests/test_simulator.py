@@ -6,7 +6,7 @@ import functools
 
 import pytest
 
-from streams.reference import regions
+from streams.reference import reference, regions
 from streams.simulator import Scenario
 from streams.simulator.publish import run_simulation
 from streams.validation import Invalid, check
@@ -50,7 +50,10 @@ def test_mix_is_realistic():
     for r in regs:
         if r["cohort"] == "VULNERABLE_WORKER":
             assert r["segment"] == "BPU" and r["programs"] == ["JKK", "JKM"]
-            assert r["funding_source"] in ("APBD_PROVINCE", "APBD_REGENCY")
+            assert r["funding_source"] in reference().regions[r["region_code"]].quota  # a funder of that region
+    berau = collections.Counter(r["funding_source"] for r in regs
+                                if r["region_code"] == "64.03" and r["cohort"] == "VULNERABLE_WORKER")
+    assert set(berau) == {"APBD_PROVINCE", "APBD_REGENCY", "DBH"}  # Berau 2025: regency budget + palm-oil DBH
     fees = {e.record["amount_idr"] for e in events if e.record_name == "Contribution"
             and e.record["funding_source"] == "APBD_PROVINCE"}
     assert fees == {16_800}

@@ -9,7 +9,7 @@ from types import MappingProxyType
 from typing import Mapping
 
 DATA_FILE = Path(__file__).with_name("regions.toml")
-FUNDING_SOURCES = ("APBD_PROVINCE", "APBD_REGENCY", "EMPLOYER", "SELF")
+FUNDING_SOURCES = ("APBD_PROVINCE", "APBD_REGENCY", "EMPLOYER", "SELF", "DBH", "CSR", "APBDES", "OTHER")
 COHORTS = ("VULNERABLE_WORKER", "NON_CIVIL_SERVANT", "GENERAL")
 
 
