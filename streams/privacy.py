@@ -67,8 +67,8 @@ class _Scrubbing:
         except Exception:  # a broken format string: left for logging to report as it always does
             return record
         clean, n = scrub(message)
-        if n:
-            record.msg, record.args = clean, None
+        if n:  # args (): mode's formatter turns None into (None,) and then fails to format the message
+            record.msg, record.args = clean, ()
         if record.exc_info and record.exc_info[1] is not None:
             text, m = scrub(logging.Formatter().formatException(record.exc_info))
             record.exc_text, n = text, n + m  # formatters use exc_text when set

@@ -91,6 +91,39 @@ def test_log_records_are_scrubbed_as_they_are_made(caplog):
     assert NIK_REDACTED.labels("log")._value.get() - before == 2
 
 
+def test_a_scrubbed_record_formats_through_the_workers_log_formatter():
+    """Faust's workers format records with mode's ExtensionFormatter, which turns ``args`` None into (None,): a
+    scrubbed record must still format there (the 200k drill logged 1,392 "Logging error" tracebacks for
+    Faust's "producer flush took 0.…" lines, whose 16 fractional digits the scrubber replaced)."""
+    import io
+    import logging
+
+    from mode.utils.logging import ExtensionFormatter
+
+    from streams import privacy
+
+    class Recording(logging.StreamHandler):
+        errors: list = []
+
+        def handleError(self, record):
+            self.errors.append(record)
+    out = io.StringIO()
+    handler = Recording(out)
+    handler.setFormatter(ExtensionFormatter(stream=out, fmt="%(message)s"))
+    log = logging.getLogger("test.privacy.mode")
+    log.addHandler(handler)
+    log.propagate = False
+    original = logging.getLogRecordFactory()
+    try:
+        privacy.install_log_scrubber()
+        log.warning(f"producer flush took {0.1234567890123456}")
+        log.warning("owner %s", PLANTED)
+    finally:
+        logging.setLogRecordFactory(original)
+        log.removeHandler(handler)
+    assert handler.errors == [] and out.getvalue().splitlines() == ["producer flush took [NIK]", "owner [NIK]"]
+
+
 def test_niks_planted_in_every_free_text_field_never_leave_worker_or_sink(kafka, registry, postgres, tmp_path):
     """Registrations, contributions and claims whose free text carries NIKs in the forms people type them, plus an
     invalid record whose region code is a NIK: the worker's topics, dead-letter headers, the warehouse, logs and
