@@ -39,9 +39,12 @@ def fold_message(values: list[dict], partition: int, offset: int, state_of: Call
                  stored_clock: dict | None, codes: Iterable[str], input_partitions: list[str], now: float,
                  started: float, idle_seconds: float) -> Folded:
     """Pure: fold one message's events (and ticks) over the participants' states (``state_of``: the durable
-    state of a key). Every delta gets ``src`` = [partition, offset, index], numbered in message order over the
-    deltas it produces: a re-read of the message after a crash produces a subset of the same deltas (those of
-    participants whose state was not durable), each with an index no larger than the first time's last."""
+    state of a key). Every delta an event causes gets ``src`` = [partition, offset, index], numbered in message
+    order: a re-read of the message after a crash produces a subset of the same deltas (those of participants
+    whose state was not durable), each with an index no larger than the first time's last. Ticks are numbered -1
+    and do not count: whether a tick passes depends on wall time (idle sources), so a re-read may pass one the
+    first read did not, and numbered like the others it shifted the events' deltas past what the region stage
+    had applied — which then applied them again (the 200k drill: 10 claims counted twice, 2026-11-25)."""
     out = Folded()
     index = 0
     for value in values:
@@ -49,10 +52,9 @@ def fold_message(values: list[dict], partition: int, offset: int, state_of: Call
             out.clock, forward = clocks.fold_source_tick(
                 out.clock or clocks.SourceClock.from_stored(stored_clock, now), value["src"], value["at"],
                 input_partitions, now, started, idle_seconds)
-            if forward is not None:
+            if forward is not None:  # index -1: a tick must not shift the numbering of the counted deltas
                 for code in codes:
-                    out.deltas[code].append({"k": "tick", "at": forward, "src": [partition, offset, index]})
-                    index += 1
+                    out.deltas[code].append({"k": "tick", "at": forward, "src": [partition, offset, -1]})
             continue
         key = value["key"]
         state = out.states[key] if key in out.states else state_of(key)

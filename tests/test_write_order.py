@@ -28,7 +28,8 @@ PER_MESSAGE = 25
 
 def messages() -> list[list[dict]]:
     """The scenario's valid events as the ingest stage hands them on (pseudonymised), in messages of one
-    participant-events partition."""
+    participant-events partition, each message led by a watermark tick of source ``in:0`` (``in:1`` never ticks:
+    whether the tick moves the clock depends on wall time, see ``fold``)."""
     topics = {"Registration": "registrations", "Contribution": "contributions", "Claim": "claims"}
     values = []
     for event in Scenario.load(scale=0.002, seed=3, duplicate_share=0.02).events(4):
@@ -37,17 +38,26 @@ def messages() -> list[list[dict]]:
         record = dict(event.record)
         values.append({**record, "kind": event.record_name, "topic": topics[event.record_name],
                        "key": participant_key(record.pop("nik"), KEY)})
-    return [values[i:i + PER_MESSAGE] for i in range(0, len(values), PER_MESSAGE)]
+    return [[{"kind": "Tick", "src": "in:0", "at": values[i]["occurred_at"]}, *values[i:i + PER_MESSAGE]]
+            for i in range(0, len(values), PER_MESSAGE)]
 
 
 MESSAGES = messages()
 
 
-def fold(offset: int, states: dict):
+def fold(offset: int, states: dict, now: float = 0.0):
     """The participant stage on message ``offset`` over ``states`` (the durable states: read as copies, as a
-    restored table would give them)."""
+    restored table would give them) at wall time ``now``: at 0 the silent source ``in:1`` still counts as moving
+    and no tick passes; after a restart (``now`` past the idle time) it is idle and the ticks pass to the regions
+    — the one output a re-read need not repeat."""
     return fold_message(copy.deepcopy(MESSAGES[offset]), 0, offset, lambda key: copy.deepcopy(states.get(key)),
-                        None, REF.regions, [], 0.0, 0.0, 30.0)
+                        {"v": 1, "src": {}, "sent": 0, "since": 0.0}, REF.regions, ["in:0", "in:1"], now, 0.0, 30.0)
+
+
+#: region state that follows the stream clock, which moves with wall time (idle sources): a re-run may move it
+#: differently, by design (docs/domain.md). Everything else is a count of events and must be exact.
+CLOCK_DRIVEN = {"wm", "evaluated", "first_day", "days", "recent", "active_series", "alerts", "forecast_fill_day",
+                "corrections"}
 
 
 def region_stage(log: list[tuple[str, list]], regions: dict) -> dict:
@@ -59,22 +69,26 @@ def region_stage(log: list[tuple[str, list]], regions: dict) -> dict:
     return regions
 
 
+def counted(regions: dict) -> dict:
+    return {code: {k: v for k, v in stats.items() if k not in CLOCK_DRIVEN} for code, stats in regions.items()}
+
+
 def run(crash_at: int | None = None, durable: random.Random | None = None, states_first: bool = False):
     """Participant stage over every message, with a crash at message ``crash_at``: its deltas were acknowledged
     (unless ``states_first``), a random subset of its states became durable, then the worker restarts from its
     committed offset (``crash_at``) on the durable states."""
     states: dict = {}
     log: list[tuple[str, list]] = []
-    offset = 0
+    offset, now = 0, 0.0
     while offset < len(MESSAGES):
-        folded = fold(offset, states)
+        folded = fold(offset, states, now)
         if offset == crash_at:
             if not states_first:
                 log += [(code, deltas) for code, deltas in folded.deltas.items()]
             for key, state in folded.states.items():
                 if states_first or durable.random() < 0.5:
                     states[key] = state
-            crash_at = None  # the restart re-reads this message
+            crash_at, now = None, 1000.0  # the restart re-reads this message, later in wall time
             continue
         log += [(code, deltas) for code, deltas in folded.deltas.items()]
         states.update(folded.states)
@@ -82,14 +96,14 @@ def run(crash_at: int | None = None, durable: random.Random | None = None, state
     return log
 
 
-BASELINE = region_stage(run(), {})
+BASELINE = counted(region_stage(run(), {}))
 
 
 @hsettings(max_examples=40, deadline=None)
 @given(crash_at=st.integers(0, len(MESSAGES) - 1), seed=st.integers(0, 2**32))
 def test_a_crash_between_deltas_acknowledged_and_states_durable_changes_no_region(crash_at, seed):
     log = run(crash_at, random.Random(seed))
-    assert region_stage(log, {}) == BASELINE
+    assert counted(region_stage(log, {})) == BASELINE
 
 
 @hsettings(max_examples=40, deadline=None)
@@ -101,10 +115,10 @@ def test_the_region_stage_re_reading_what_it_applied_changes_nothing(durable_upt
     durable_upto = min(durable_upto, len(log))
     reread_from = min(reread_from, durable_upto)
     regions = region_stage(log[:durable_upto], {})
-    assert region_stage(log[reread_from:], regions) == BASELINE
+    assert counted(region_stage(log[reread_from:], regions)) == BASELINE
 
 
 def test_states_durable_before_their_deltas_lose_updates():
     lost = [offset for offset in range(0, len(MESSAGES), 3)
-            if region_stage(run(offset, random.Random(0), states_first=True), {}) != BASELINE]
+            if counted(region_stage(run(offset, random.Random(0), states_first=True), {})) != BASELINE]
     assert lost, "the losing order lost nothing: the property above would not catch it"
