@@ -46,6 +46,8 @@ PROTECTED = gauge("jamsostek_region_protected", "Participants paid for the curre
                   ["region"])
 IN_ARREARS = gauge("jamsostek_region_in_arrears", "Members in arrears, by unpaid months counting the current one",
                    ["region", "months"])
+EXITED = gauge("jamsostek_region_exited", "Participants who left, by reason (death: a paid JKM claim); not members, "
+               "their funder's slot is free", ["region", "reason"])
 COVERAGE = gauge("jamsostek_region_coverage_ratio", "Active programme participants / region target", ["region"])
 QUOTA = gauge("jamsostek_region_quota", "Quota places (participants) per region and funder", ["region", "funding_source"])
 QUOTA_TOTAL = gauge("jamsostek_region_quota_total", "DEPRECATED: the same as jamsostek_region_quota (a gauge must "
@@ -91,6 +93,8 @@ def publish_region(view: dict) -> None:
     PROTECTED.labels(code).set(sum(c["protected"] for c in cohorts))
     for months in sorted({m for c in cohorts for m in c["in_arrears"]}):
         IN_ARREARS.labels(code, months).set(sum(c["in_arrears"].get(months, 0) for c in cohorts))
+    for reason in ("death",):  # shown at 0 too: a rule "exits rose" needs the series before the first exit
+        EXITED.labels(code, reason).set(sum(c.get("exited", {}).get(reason, 0) for c in cohorts))
     COVERAGE.labels(code).set(view["coverage_ratio"] or 0)
     for funding, q in view["quota"].items():
         QUOTA.labels(code, funding).set(q["total"])

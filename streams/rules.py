@@ -47,7 +47,8 @@ def period_str(index: int) -> str:
 # -- participant state --------------------------------------------------------------------------------
 def new_participant() -> dict:
     # reg: registered · r: region · c: cohort · f: funding source · s: segment · p: programmes ·
-    # pt: paid-through period index · seen: recent event-id hashes. Active/lapsed follows from pt and the clock.
+    # pt: paid-through period index · seen: recent event-id hashes · x: why it left (absent: still a member).
+    # Active/lapsed follows from pt and the clock.
     return {"reg": False, "r": None, "c": None, "f": None, "s": None, "p": [], "pt": None, "seen": []}
 
 
@@ -74,13 +75,15 @@ def apply_event(state: dict | None, kind: str, event: dict) -> tuple[dict, list[
                          pt=max(state["pt"], start) if state["pt"] is not None else start)
             deltas.append({"k": "reg", "region": region, "cohort": state["c"], "funding": state["f"],
                            "pt": state["pt"], "at": at})
+            if state.get("x"):  # the exit arrived first (late data is data): registered, and gone
+                deltas.append(_exit(state, at))
         # a second registration of a registered participant changes nothing (documented in docs/domain.md)
     elif kind == "Contribution":
         paid = period_index(event["period"])
         old = state["pt"]
         if old is None or paid > old:
             state["pt"] = paid
-            if state["reg"]:
+            if state["reg"] and not state.get("x"):  # after an exit, money is counted but moves no member
                 deltas.append({"k": "pt", "region": state["r"], "cohort": state["c"], "from": old, "to": paid, "at": at})
         deltas.append({"k": "contrib", "region": state["r"] or region, "amount": event["amount_idr"], "at": at})
     elif kind == "Claim":
@@ -91,11 +94,22 @@ def apply_event(state: dict | None, kind: str, event: dict) -> tuple[dict, list[
             if turnaround is not None:
                 deltas.append({"k": "turnaround", "region": region, "program": event["program"],
                                "days": turnaround, "at": at})
+        if event["program"] == "JKM" and event["status"] == "PAID" and not state.get("x"):
+            state["x"] = "death"  # a paid death benefit ends participation and frees the slot (docs/domain.md)
+            if state["reg"]:
+                deltas.append(_exit(state, at))
     if event.get("late"):
         for delta in deltas:
             if delta["k"] in COUNTED:
                 delta["late"] = 1
     return state, deltas, False
+
+
+def _exit(state: dict, at: int) -> dict:
+    """The region delta of a participant leaving (``state["x"]``: why): out of the members (its paid-through
+    bucket), out of its funder's slots, counted by reason."""
+    return {"k": "exit", "region": state["r"], "cohort": state["c"], "funding": state["f"], "pt": state["pt"],
+            "reason": state["x"], "at": at}
 
 
 def _track_claim(state: dict, claim_id: str, status: str, at: int) -> int | None:
@@ -135,7 +149,7 @@ def percentile(histogram: dict[str, int], p: float) -> int | None:
 
 # -- region aggregates --------------------------------------------------------------------------------
 def new_region() -> dict:
-    return {"registered": {}, "hist": {}, "quota_used": {}, "over_quota": {}, "claims": {},
+    return {"registered": {}, "hist": {}, "quota_used": {}, "claims": {},
             "contrib": [0, 0], "clock": 0, "last_registration": 0, "applied": {},
             # stall detection (streams/stall.py): low watermark per source partition, evaluation state
             "wm": {}, "evaluated": None, "first_day": None, "days": {}, "recent": {}, "active_series": [],
@@ -183,9 +197,7 @@ def apply_delta_in_place(stats: dict, delta: dict, region: Region, target_scale:
         _inc(stats["hist"].setdefault(cohort, {}), str(delta["pt"]))
         stats["last_registration"] = max(stats["last_registration"], delta["at"])
         if cohort == "VULNERABLE_WORKER":
-            _inc(stats["quota_used"], funding)
-            if stats["quota_used"][funding] > round(region.quota.get(funding, 0) * target_scale):
-                _inc(stats["over_quota"], funding)  # flagged, still counted: never silently dropped
+            _inc(stats["quota_used"], funding)  # over the quota: counted all the same, shown as over_quota
     elif kind == "pt":
         hist = stats["hist"].setdefault(delta["cohort"], {})
         if delta["from"] is not None:
@@ -199,6 +211,12 @@ def apply_delta_in_place(stats: dict, delta: dict, region: Region, target_scale:
         per_program[delta["status"]] = [count + 1, amount + delta["amount"]]
     elif kind == "turnaround":  # SUBMITTED -> PAID, whole days, per programme
         _inc(stats.setdefault("turnaround", {}).setdefault(delta["program"], {}), str(delta["days"]))
+    elif kind == "exit":  # out of the members and the funder's slots; counted by reason
+        cohort = delta["cohort"]
+        _inc(stats["hist"].setdefault(cohort, {}), str(delta["pt"]), -1)
+        _inc(stats.setdefault("exited", {}).setdefault(cohort, {}), delta["reason"])
+        if cohort == "VULNERABLE_WORKER":
+            _inc(stats["quota_used"], delta["funding"], -1)
 
 
 def active_count(hist: dict, clock_period: int, grace_months: int) -> int:
@@ -235,7 +253,9 @@ def region_view(region: Region, stats: dict | None, clock_ms: int, grace_months:
         hist = stats["hist"].get(cohort, {})
         active = active_count(hist, clock_period, grace_months) if clock_ms else registered
         target = round(region.target.get(cohort, 0) * target_scale)
-        cohorts[cohort] = {"registered": registered, "active": active, "lapsed": registered - active,
+        exited = dict(sorted(stats.get("exited", {}).get(cohort, {}).items()))
+        cohorts[cohort] = {"registered": registered, "active": active,
+                           "lapsed": registered - active - sum(exited.values()), "exited": exited,
                            "target": target, "coverage_ratio": round(active / target, 4) if target else None,
                            **(protection(hist, clock_period, grace_months) if clock_ms else
                               {"protected": 0, "in_arrears": {}, "ended": 0})}
@@ -246,7 +266,7 @@ def region_view(region: Region, stats: dict | None, clock_ms: int, grace_months:
         total = round(region.quota.get(funding, 0) * target_scale)
         used = stats["quota_used"].get(funding, 0)
         quota[funding] = {"total": total, "used": used, "remaining": max(total - used, 0),
-                          "over_quota": stats["over_quota"].get(funding, 0)}
+                          "over_quota": max(used - total, 0)}  # now: slots freed by exits take over-quota members
     claims = {program: {status: {"count": c, "amount_idr": a} for status, (c, a) in sorted(per.items())}
               for program, per in sorted(stats["claims"].items())}
     turnaround = {program: {"paid": sum(days.values()), "p50_days": percentile(days, 50),

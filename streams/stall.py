@@ -76,12 +76,14 @@ def record(stats: dict, delta: dict) -> None:
     elif kind == "contrib":
         stats["days"].setdefault(day, [0, 0])[1] += 1
     frontier = stats["evaluated"]  # None before the first evaluation: keep everything until it trims
-    if kind in ("reg", "pt") and (frontier is None or day_of(at) > frontier):
+    if kind in ("reg", "pt", "exit") and (frontier is None or day_of(at) > frontier):
         # counted per day, cohort and paid-through move ("old>new", old empty for a registration): what _as_of
         # needs, in room that grows with the days ahead of the frontier, not with the events. (A list of every
         # delta reached 3.8 MB for Kutai Kartanegara in the 200k drill, before the first evaluation; a changelog
         # message that size is over the broker's limit and crashed the worker.)
-        move = f"{delta['from'] if kind == 'pt' else ''}>{delta['pt'] if kind == 'reg' else delta['to']}"
+        # an exit is "pt>x": out of the histogram, still registered
+        move = (f"{delta['pt']}>x" if kind == "exit" else
+                f"{delta['from'] if kind == 'pt' else ''}>{delta['pt'] if kind == 'reg' else delta['to']}")
         moves = stats["recent"].setdefault(day, {}).setdefault(delta["cohort"], {})
         moves[move] = moves.get(move, 0) + 1
 
@@ -103,7 +105,8 @@ def _as_of(stats: dict, day: int) -> tuple[dict, dict]:
             h = hist.setdefault(cohort, {})
             for move, n in moves.items():
                 old, new = move.split(">")
-                h[new] = h.get(new, 0) - n
+                if new != "x":
+                    h[new] = h.get(new, 0) - n
                 if old:
                     h[old] = h.get(old, 0) + n
                 else:

@@ -30,6 +30,7 @@ def expected_regions(events, grace_months: int = 3, scale: float = 1.0, clock_ms
     contributions = defaultdict(lambda: [0, 0])
     claim_ends: dict[tuple, dict[str, int]] = defaultdict(dict)  # (nik, claim_id) -> status -> first event time
     claim_of: dict[tuple, tuple[str, str]] = {}  # (nik, claim_id) -> (region, programme) of its PAID event
+    dead: set[str] = set()
     for e in applied:
         r = e.record
         if e.record_name == "Registration" and e.key not in people:
@@ -40,6 +41,8 @@ def expected_regions(events, grace_months: int = 3, scale: float = 1.0, clock_ms
             contributions[r["region_code"]][0] += 1
             contributions[r["region_code"]][1] += r["amount_idr"]
         elif e.record_name == "Claim":
+            if r["program"] == "JKM" and r["status"] == "PAID":
+                dead.add(e.key)  # a paid death benefit ends participation, whenever it arrives
             c = claims[(r["region_code"], r["program"], r["status"])]
             c[0] += 1
             c[1] += r["amount_idr"]
@@ -52,19 +55,22 @@ def expected_regions(events, grace_months: int = 3, scale: float = 1.0, clock_ms
     for code, region in regions().items():
         cohorts = {}
         for cohort in ("VULNERABLE_WORKER", "NON_CIVIL_SERVANT", "GENERAL"):
-            members = [(k, p) for k, p in people.items() if p["region"] == code and p["cohort"] == cohort]
+            registered = [(k, p) for k, p in people.items() if p["region"] == code and p["cohort"] == cohort]
+            members = [(k, p) for k, p in registered if k not in dead]
             # paid through: the latest paid period, or the month before registration if later; months behind the
             # clock's month: 0 protected, 1..grace in arrears, more: membership ended (BPJS Perdir 22/2022)
             behind = [clock - max(paid.get(k, 0), p["registered_in"] - 1) for k, p in members]
-            cohorts[cohort] = {"registered": len(members), "active": sum(1 for b in behind if b <= grace_months),
+            exited = len(registered) - len(members)
+            cohorts[cohort] = {"registered": len(registered), "exited": {"death": exited} if exited else {},
+                               "active": sum(1 for b in behind if b <= grace_months),
                                "protected": sum(1 for b in behind if b <= 0),
                                "in_arrears": {str(m): sum(1 for b in behind if b == m)
                                               for m in range(1, grace_months + 1)},
                                "ended": sum(1 for b in behind if b > grace_months)}
         used = defaultdict(int)
-        for p in people.values():
-            if p["region"] == code and p["cohort"] == "VULNERABLE_WORKER":
-                used[p["funding"]] += 1
+        for key, p in people.items():
+            if p["region"] == code and p["cohort"] == "VULNERABLE_WORKER" and key not in dead:
+                used[p["funding"]] += 1  # a slot held now: the dead free theirs
         quota = {}
         for funding in sorted(set(region.quota) | set(used)):
             total = round(region.quota.get(funding, 0) * scale)
@@ -94,7 +100,7 @@ def expected_regions(events, grace_months: int = 3, scale: float = 1.0, clock_ms
 
 def comparable(view: dict) -> dict:
     """The part of a /regions entry that expected_regions() computes."""
-    return {"cohorts": {c: {k: v[k] for k in ("registered", "active", "protected", "in_arrears", "ended")}
+    return {"cohorts": {c: {k: v[k] for k in ("registered", "exited", "active", "protected", "in_arrears", "ended")}
                         for c, v in view["cohorts"].items()},
             "quota": view["quota"], "claims": view["claims"], "contributions": view["contributions"],
             "claims_turnaround": view["claims_turnaround"]}

@@ -160,3 +160,42 @@ def test_open_claims_stay_bounded():
     for kind, event in events:
         state, _, _ = rules.apply_event(state, kind, event)
     assert len(state["cl"]) == rules.OPEN_CLAIMS_LIMIT
+
+
+def jkm(status: str, at: int, **extra) -> dict:
+    return {"event_id": str(uuid.uuid4()), "occurred_at": at, "region_code": "64.72", "program": "JKM",
+            "amount_idr": 42_000_000, "status": status, "claim_id": "K-1", **extra}
+
+
+def test_a_paid_death_benefit_ends_participation_and_frees_the_slot():
+    scale = 0.001  # 13 province slots in Samarinda
+    people = [("Registration", {**reg(ms(2025, 1)), "who": f"p{i}"}) for i in range(14)]  # one over quota
+    paying = [("Contribution", {**contrib("2025-03", ms(2025, 3)), "who": f"p{i}"}) for i in range(14)]
+    death = [("Claim", {**jkm(s, ms(2025, 3, d)), "who": "p0"}) for s, d in (("SUBMITTED", 2), ("PAID", 9))]
+    after = [("Contribution", {**contrib("2025-04", ms(2025, 4)), "who": "p0"})]  # refunded later, still money
+    v = rules.region_view(SAMARINDA, fold(people + paying + death + after, scale), ms(2025, 3), 3, scale)
+    cohort = v["cohorts"]["VULNERABLE_WORKER"]
+    assert cohort["registered"] == 14 and cohort["exited"] == {"death": 1}
+    assert cohort["active"] == cohort["protected"] == 13 and cohort["lapsed"] == 0
+    assert v["quota"]["APBD_PROVINCE"] == {"total": 13, "used": 13, "remaining": 0, "over_quota": 0}
+    assert v["contributions"]["count"] == 15 and v["claims"]["JKM"]["PAID"]["count"] == 1
+
+
+def test_an_exit_that_arrives_before_the_registration_counts_the_same():
+    in_order = [("Registration", reg(ms(2025, 1))), ("Claim", jkm("PAID", ms(2025, 2)))]
+    late = list(reversed(in_order))
+    views = [view(fold(events), ms(2025, 2))["cohorts"]["VULNERABLE_WORKER"] for events in (in_order, late)]
+    assert views[0] == views[1]
+    assert views[0]["registered"] == 1 and views[0]["exited"] == {"death": 1} and views[0]["active"] == 0
+
+
+def test_only_a_paid_jkm_claim_is_an_exit_and_only_once():
+    base = [("Registration", reg(ms(2025, 1)))]
+    for status in ("SUBMITTED", "APPROVED", "REJECTED", "RETURNED"):
+        assert view(fold(base + [("Claim", jkm(status, ms(2025, 2)))]), ms(2025, 2))["cohorts"][
+            "VULNERABLE_WORKER"]["exited"] == {}
+    jkk = {**jkm("PAID", ms(2025, 2)), "program": "JKK"}
+    assert view(fold(base + [("Claim", jkk)]), ms(2025, 2))["cohorts"]["VULNERABLE_WORKER"]["exited"] == {}
+    paid = jkm("PAID", ms(2025, 2))
+    twice = base + [("Claim", paid), ("Claim", paid), ("Claim", jkm("PAID", ms(2025, 3)))]  # re-sent; a second
+    assert view(fold(twice), ms(2025, 3))["cohorts"]["VULNERABLE_WORKER"]["exited"] == {"death": 1}

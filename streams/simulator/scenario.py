@@ -71,6 +71,7 @@ class Person:
     fee: int
     paying: bool = True
     last_paid: int = -1  # month index of the last paid period
+    dead: bool = False   # a paid death benefit (JKM): no more payments or claims
 
 
 def month_start_ms(start: str, index: int) -> int:
@@ -227,6 +228,8 @@ class _Generator:
         else:
             approved = at + rng.randint(1, 7) * DAY_MS
             steps += [("APPROVED", approved), ("PAID", approved + rng.randint(1, 7) * DAY_MS)]
+            if program == "JKM":
+                person.dead, person.paying = True, False
         for status, when in steps:
             self.emit(SimEvent("Claim", person.nik, {
                 "event_id": self.uuid(), "occurred_at": when, "nik": person.nik, "region_code": person.region,
@@ -244,7 +247,7 @@ class _Generator:
             stopped = plan.contributions_stop_from_month is not None and month >= plan.contributions_stop_from_month
             # payments of people already registered (before this month's newcomers)
             for person in people:
-                if stopped:
+                if stopped or person.dead:
                     continue
                 if person.paying and rng.random() < sc.lapse[person.funding]:
                     person.paying = False
