@@ -49,7 +49,15 @@ class Service:
             except (requests.RequestException, ValueError):
                 pass
             time.sleep(0.5)
+        self.dump_stacks()
         raise AssertionError(f"timed out waiting for {what}\n{self.tail()}")
+
+    def dump_stacks(self) -> None:
+        """Every thread's stack into the log (the worker registers faulthandler on SIGUSR1): what a hang was
+        waiting on, kept with the test's logs."""
+        if self.command == "worker" and self.proc and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGUSR1)
+            time.sleep(1)
 
     def tail(self, n: int = 40) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
