@@ -38,16 +38,24 @@ def participant(value: dict, state) -> list[dict]:
     if kind == "Registration" and not p["reg"]:
         p.update(reg=True, region=value["region_code"], cohort=value["cohort"], since=month_number(at) - 1)
         out.append({"k": "reg", "region": p["region"], "cohort": p["cohort"], "pt": max(p["paid"], p["since"]), "at": at})
+        if p.get("dead"):  # the death benefit came first: registered, not a member
+            out.append({"k": "exit", "region": p["region"], "cohort": p["cohort"], "pt": max(p["paid"], p["since"]),
+                        "at": at})
     elif kind == "Contribution":
         before = max(p["paid"], p["since"])
         p["paid"] = max(p["paid"], period_number(value["period"]))
-        if p["reg"] and max(p["paid"], p["since"]) != before:
+        if p["reg"] and not p.get("dead") and max(p["paid"], p["since"]) != before:
             out.append({"k": "pt", "region": p["region"], "cohort": p["cohort"], "from": before,
                         "to": max(p["paid"], p["since"]), "at": at})
         out.append({"k": "contrib", "region": value["region_code"], "amount": value["amount_idr"], "at": at})
     elif kind == "Claim":
         out.append({"k": "claim", "region": value["region_code"], "program": value["program"],
                     "status": value["status"], "amount": value["amount_idr"], "at": at})
+        if value["program"] == "JKM" and value["status"] == "PAID" and not p.get("dead"):
+            p["dead"] = True  # a paid death benefit ends participation (as ours: docs/domain.md)
+            if p["reg"]:
+                out.append({"k": "exit", "region": p["region"], "cohort": p["cohort"],
+                            "pt": max(p["paid"], p["since"]), "at": at})
     state.set("p", p)
     return out
 
@@ -63,6 +71,9 @@ def region(delta: dict, state) -> dict:
         hist = r["pt"].setdefault(delta["cohort"], {})
         hist[str(delta["from"])] -= 1
         hist[str(delta["to"])] = hist.get(str(delta["to"]), 0) + 1
+    elif k == "exit":
+        hist = r["pt"].setdefault(delta["cohort"], {})
+        hist[str(delta["pt"])] -= 1
     elif k == "contrib":
         r["contrib"][0] += 1
         r["contrib"][1] += delta["amount"]

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from streams import clock as clocks, rules
+from streams import clock as clocks, faust_fixes, rules
 from streams.metrics import EVENTS
 from streams.reference import regions as reference_regions
 from streams.topics import acknowledged, send_batch
@@ -87,9 +87,13 @@ def register(topo) -> None:
         if folded.clock is not None:
             topo.clocks[str(partition)] = folded.clock.stored()
 
+    in_order = faust_fixes.InOrder(topo.app, topo.participant_events.get_topic_name())
+
     @topo.app.agent(topo.participant_events, name="participants")
     async def participants(stream):
         async for event in stream.events():
+            if not await in_order.admit(event):  # the replay rule needs each partition in offset order
+                continue
             partition, offset = event.message.partition, event.message.offset
             folded = fold_message(event.value["events"], partition, offset, topo.participants.get,
                                   topo.clocks.get(str(partition)), codes, topo.input_partitions, time.time(),

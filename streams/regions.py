@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from streams import alerts, clock, rules, stall
+from streams import alerts, clock, faust_fixes, rules, stall
 from streams.metrics import CLAIMS_PAID
 from streams.reference import reference
 from streams.topics import acknowledged
@@ -58,9 +58,13 @@ def register(topo) -> None:
     settings = topo.settings
     end_day = stall.month_day(ref.programme_end)
 
+    in_order = faust_fixes.InOrder(topo.app, topo.region_deltas.get_topic_name())
+
     @topo.app.agent(topo.region_deltas, name="regions")
     async def region_agent(stream):
         async for event in stream.events():
+            if not await in_order.admit(event):  # deltas of a source partition must arrive in its order
+                continue
             code = event.key
             applied = apply_message(topo.regions.get(code), event.value["deltas"], ref.regions[code], settings,
                                     settings.topic_partitions, end_day)

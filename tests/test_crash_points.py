@@ -32,8 +32,12 @@ def input_committed(settings: Settings) -> int:
 def all_read(settings: Settings) -> bool:
     """Every stage has committed all it was given: the inputs and both internal topics (the idle-source timer
     adds a tick to participant events every few seconds, so this is true between such a tick and its commit)."""
+    from confluent_kafka import KafkaException
     topics = [*settings.topics.inputs, f"{settings.app_id}-participant-events", f"{settings.app_id}-region-deltas"]
-    return unread(settings.kafka_bootstrap_servers, settings.app_id, topics) == 0
+    try:
+        return unread(settings.kafka_bootstrap_servers, settings.app_id, topics) == 0
+    except KafkaException:  # e.g. an internal topic being created: not read yet
+        return False
 
 
 def killed_at(settings: Settings, tmp_path, point: str, n: int) -> bool:
@@ -62,9 +66,6 @@ def finish(settings: Settings, tmp_path, total: int) -> Worker:
 
 
 @pytest.mark.timeout(1200)
-@pytest.mark.xfail(strict=False, reason="open (docs/reliability.md): after a restart Faust can hand the participant "
-                   "stage a partition's offset N+1 before N; the region stage's replay rule, which assumes offset "
-                   "order per source partition, then drops N's deltas (seen 1 run in 3: 4 contributions, 1 claim)")
 def test_kills_at_every_worst_point_under_load_leave_the_tables_exact(kafka, registry, tmp_path):
     events = list(Scenario.load(scale=SCALE, seed=17, bad_share=0.01, duplicate_share=0.02).events(7))
     settings = drill_settings(kafka, registry, tmp_path)

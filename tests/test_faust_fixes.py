@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 from faust.transport.producer import ProducerBuffer
+from faust.types import TP as TopicPartition
 from intervaltree import IntervalTree
 
 from streams import faust_fixes
@@ -121,3 +122,53 @@ def test_the_patched_faust_code_is_the_code_the_patches_were_written_for():
                for name, f in faust_fixes.ORIGINALS.items()}
     assert sources == PINNED, "Faust changed under a patch: re-check streams/faust_fixes.py against upstream"
     assert faust_fixes.installed_versions() == faust_fixes.VERSIONS
+
+
+# --- in offset order: a record handed over past a hole is held back and the partition read again -------------
+
+class FakeConsumer:
+    """The attributes of Faust's consumer that InOrder reads, and its seek."""
+
+    def __init__(self, committed):
+        self._committed_offset = defaultdict(lambda: None, {TP_: committed})
+        self.seeks = []
+
+    async def seek(self, tp, offset):
+        self.seeks.append((tp, offset))
+
+
+TP_ = TopicPartition(topic="region-deltas", partition=1)
+
+
+def handed(gate: faust_fixes.InOrder, offsets: list[int]) -> list[int]:
+    """The offsets ``gate`` lets through, of those handed over in this order."""
+    async def run():
+        return [o for o in offsets
+                if await gate.admit(SimpleNamespace(message=SimpleNamespace(tp=TP_, offset=o)))]
+    return asyncio.run(run())
+
+
+def test_in_order_processes_from_the_committed_offset_and_holds_back_what_comes_past_a_hole():
+    consumer = FakeConsumer(committed=0)
+    app = SimpleNamespace(consumer=consumer, consumer_generation_id=1)
+    gate = faust_fixes.InOrder(app, "region-deltas")
+    # offset 0 was dropped on its first delivery: 1 and 2 come first, then (after the seek) 0, 1, 2 again
+    assert handed(gate, [1, 2]) == []
+    assert consumer.seeks == [(TP_, 0)] and consumer.withheld[TP_] == {1, 2}
+    assert handed(gate, [0, 1, 2, 3]) == [0, 1, 2, 3]
+    assert consumer.withheld[TP_] == set()
+    assert handed(gate, [2, 3, 4]) == [4]  # re-deliveries of what this process did: not again
+    app.consumer_generation_id = 2  # a rebalance: start over from the committed offset
+    consumer._committed_offset[TP_] = 3
+    assert handed(gate, [3, 4]) == [3, 4]
+
+
+def test_a_withheld_offset_holds_the_commit_below_it():
+    books = Books(0, [0, 1, 3, 4])
+    books.withheld = {TP: {2, 3}}  # 3 was acknowledged by Faust but not processed; 2 not yet read again
+    assert new_offset(books, TP) == 2
+    assert books._acked[TP] == [3, 4]
+    books._committed_offset[TP] = 2
+    books.withheld = {TP: set()}
+    books._acked[TP] += [2]
+    assert new_offset(books, TP) == 5
