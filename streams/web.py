@@ -45,7 +45,7 @@ def register(topo) -> None:
                          "target_scale": topo.settings.target_scale})
 
     async def livez(web, request):
-        """Liveness: the event loop answers (streams/probes.py); which loop it is (uvloop unless profiling)."""
+        """Liveness: the event loop answers (streams/probes.py); which event loop runs it."""
         loop = type(asyncio.get_running_loop()).__module__.split(".")[0]
         return web.json({"status": "ok", "app": app.conf.id, "loop": loop})
 
