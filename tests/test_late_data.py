@@ -31,7 +31,8 @@ def publish_shuffled(settings: Settings, events, days: int, seed: int) -> dict[t
     rng = random.Random(seed)
     shuffled = sorted(events, key=lambda e: e.occurred_at + rng.uniform(0, days * DAY))
     ensure_topics(settings)
-    registry = SchemaRegistryClient({"url": settings.schema_registry_url})
+    # a bounded wait per request: a registry call that hung under CI load once held this test for its 300 s limit
+    registry = SchemaRegistryClient({"url": settings.schema_registry_url, "timeout": 20, "max.retries": 5})
     schemas = contract_schemas()
     topic_of = {name: topic for topic, name in settings.topics.inputs.items()}
     serializers = {name: AvroSerializer(registry, json.dumps(schemas[name])) for name in topic_of}
@@ -46,7 +47,14 @@ def publish_shuffled(settings: Settings, events, days: int, seed: int) -> dict[t
 
     for event in shuffled:
         topic = topic_of[event.record_name]
-        value = serializers[event.record_name](event.record, SerializationContext(topic, MessageField.VALUE))
+        context = SerializationContext(topic, MessageField.VALUE)
+        for attempt in range(3):  # the first record of each type registers its schema: retried on a timeout
+            try:
+                value = serializers[event.record_name](event.record, context)
+                break
+            except Exception:  # a timed-out request (the client wraps requests or httpx: either's error)
+                if attempt == 2:
+                    raise
         producer.produce(topic, key=event.key.encode(), value=value, on_delivery=delivered(event))
         producer.poll(0)
     assert producer.flush(30) == 0
