@@ -226,8 +226,8 @@ def worker(config: Optional[Path] = ConfigOpt,
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 <pid>` dumps every thread's stack
     privacy.install_log_scrubber()
     s = _settings(config)
-    # The loop stays asyncio: with uvloop (mode.loop.use("uvloop")) Faust's changelog recovery hung in 2 of ~8
-    # restarts in the test suite on 2026-11-25 (the fetcher never returned the changelog records); not diagnosed.
+    # The loop stays asyncio for now: with uvloop (mode.loop.use("uvloop")) one changelog recovery stalled for
+    # minutes (no records fetched) in the two-worker test under heavy load on 2026-11-25; not diagnosed yet.
     try:
         topo = create_app(s)
         ensure_topics(s, extra=app_topics(topo))
