@@ -177,7 +177,6 @@ class InOrder:
         self.expected: dict = {}
         self.sought: dict = {}
         self.generation = None
-        self.holes = 0  # records held back so far (a metric's worth)
 
     async def admit(self, event) -> bool:
         message, consumer = event.message, self.app.consumer
@@ -196,7 +195,6 @@ class InOrder:
         if offset < expected:
             return False
         withheld.add(offset)
-        self.holes += 1
         if self.sought.get(tp) != expected:
             self.sought[tp] = expected
             log.warning("%s[%d] offset %d handed over before %d: reading from %d again", tp.topic, tp.partition,
