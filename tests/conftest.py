@@ -11,6 +11,14 @@ from streams.config import Settings
 from streams.launcher import KafkaBroker, SchemaRegistry
 
 
+@pytest.fixture(autouse=True)
+def no_service_outlives_its_test():
+    """Workers and sinks a test started and did not stop (e.g. it failed in a wait) are stopped after it."""
+    yield
+    from tests.worker import stop_leftovers
+    stop_leftovers()
+
+
 @pytest.fixture(scope="session")
 def base_settings() -> Settings:
     return Settings()

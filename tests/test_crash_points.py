@@ -60,8 +60,14 @@ def killed_at(settings: Settings, tmp_path, point: str, n: int) -> bool:
 
 
 def finish(settings: Settings, tmp_path, total: int) -> Worker:
+    """A worker that has committed every input record (stopped if it does not: a failed wait must not leave a
+    worker running past the test, reconnecting to the session's broker and loading every later test)."""
     worker = Worker(settings, tmp_path / "final.log").start()
-    worker.wait(lambda: input_committed(settings) >= total, 300, "every input record committed")
+    try:
+        worker.wait(lambda: input_committed(settings) >= total, 300, "every input record committed")
+    except BaseException:
+        worker.stop()
+        raise
     return worker
 
 

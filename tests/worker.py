@@ -16,7 +16,9 @@ from streams.launcher.process import free_port
 
 
 class Service:
-    """One `python -m streams.cli <command>` process with its own ports."""
+    """One `python -m streams.cli <command>` process with its own ports. Every one started is in ``RUNNING`` until
+    stopped: tests/conftest.py stops what a test left running (a failed wait must not leave a worker
+    reconnecting to the session's broker for the rest of the session)."""
 
     command = ""
 
@@ -33,6 +35,7 @@ class Service:
         with open(self.log, "a") as out:
             self.proc = subprocess.Popen([sys.executable, "-m", "streams.cli", self.command], stdout=out,
                                          stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
+        RUNNING.append(self)
         self.wait(self.ready, timeout, f"{self.command} to start")
         return self
 
@@ -92,6 +95,18 @@ class Service:
         if self.proc and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
+
+
+RUNNING: list[Service] = []
+
+
+def stop_leftovers() -> list[str]:
+    """Stop every service still running; returns what was stopped (``command pid``)."""
+    left = [service for service in RUNNING if service.proc and service.proc.poll() is None]
+    for service in left:
+        service.stop(timeout=20)
+    RUNNING.clear()
+    return [f"{service.command} {service.proc.pid}" for service in left]
 
 
 class Worker(Service):
