@@ -100,12 +100,14 @@ class Service:
 RUNNING: list[Service] = []
 
 
-def stop_leftovers() -> list[str]:
-    """Stop every service still running; returns what was stopped (``command pid``)."""
-    left = [service for service in RUNNING if service.proc and service.proc.poll() is None]
+def stop_leftovers(keep: set[int]) -> list[str]:
+    """Stop every service still running but those in ``keep`` (ids: started by a module or session fixture before
+    the test); returns what was stopped (``command pid``)."""
+    left = [service for service in RUNNING
+            if id(service) not in keep and service.proc and service.proc.poll() is None]
     for service in left:
         service.stop(timeout=20)
-    RUNNING.clear()
+    RUNNING[:] = [service for service in RUNNING if service.proc and service.proc.poll() is None]
     return [f"{service.command} {service.proc.pid}" for service in left]
 
 
