@@ -16,7 +16,7 @@ from sinks.warehouse.models import FACT_TABLES
 from streams.config import Settings
 from streams.simulator import SimEvent
 from streams.simulator.publish import Publisher
-from tests.expected import comparable, expected_regions
+from tests.expected import expected_regions
 from tests.helpers import committed_offsets
 from tests.worker import Sink, Worker
 
@@ -89,7 +89,7 @@ def run_worker(settings: Settings, events: list[SimEvent], workdir: Path, advanc
     want = expected_regions(events, scale=settings.target_scale)
 
     def equal() -> bool:  # the web view follows the region changelog: it may trail the table by a moment
-        return {code: comparable(view) for code, view in worker.regions().items()} == want
+        return worker.comparable_regions() == want
     try:
         worker.wait(equal, 60, "the region view to equal the fold")
         same = True

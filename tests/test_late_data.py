@@ -16,7 +16,7 @@ from streams.serde import contract_schemas
 from streams.simulator import Scenario
 from streams.topics import ensure_topics
 from tests.conftest import unique
-from tests.expected import comparable, expected_regions, partition_clocks
+from tests.expected import expected_regions, partition_clocks
 from tests.helpers import read_all
 from tests.worker import Worker
 
@@ -80,7 +80,7 @@ def test_a_backlog_shuffled_over_90_days_counts_in_full(kafka, registry, tmp_pat
         want_late = collections.Counter(e.record["region_code"] for e in late_events)
         # registrations count in the region they name, contributions and claims too (the scenario keeps people
         # in their region); the figures read at the clock of the most advanced partition (all idle at the end)
-        worker.wait(lambda: {c: comparable(v) for c, v in worker.regions().items()} == expected
+        worker.wait(lambda: worker.comparable_regions() == expected
                     and {c: v["late"]["events"] for c, v in worker.regions().items() if v["late"]["events"]}
                     == dict(want_late), 120, "tables equal to the fold of every record, late ones included")
         assert worker.events_accounted() == {"processed": len(events)}

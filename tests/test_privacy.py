@@ -135,7 +135,7 @@ def test_niks_planted_in_every_free_text_field_never_leave_worker_or_sink(kafka,
 
     from streams.simulator import Scenario
     from tests.conftest import unique
-    from tests.expected import comparable, expected_regions
+    from tests.expected import expected_regions
     from tests.helpers import niks_in, read_all
     from tests.test_topology import publish
     from tests.test_warehouse import sink_settings
@@ -186,7 +186,7 @@ def test_niks_planted_in_every_free_text_field_never_leave_worker_or_sink(kafka,
     try:
         worker.wait(lambda: sum(worker.events_accounted().values()) >= len(events), 120, "every record accounted")
         expected = expected_regions(events, scale=scale)
-        worker.wait(lambda: {c: comparable(v) for c, v in worker.regions().items()} == expected, 60,
+        worker.wait(lambda: worker.comparable_regions() == expected, 60,
                     "tables equal to the fold: free text changes no figure")
         assert worker.events_accounted() == {"processed": len(events) - len(bad), "dead_letter": len(bad)}
         valid = len(events) - len(bad)

@@ -14,7 +14,7 @@ import pytest
 from streams.config import Settings
 from streams.simulator import Scenario
 from tests.conftest import unique
-from tests.expected import comparable, expected_regions
+from tests.expected import expected_regions
 from tests.helpers import MixedLoad, committed_offsets, read_all
 from tests.test_topology import assert_regions_soon, publish
 from tests.test_warehouse import expected_facts, sink_settings, warehouse_facts
@@ -215,7 +215,7 @@ def test_exactly_once_mode_finishes_exact_with_no_duplicate_output(kafka, regist
         try:
             assert_regions_soon(worker, expected, 45)
         except AssertionError as exc:
-            got = {code: comparable(view) for code, view in worker.regions().items()}
+            got = worker.comparable_regions()
             if short_of(got, expected):
                 raise ExactlyOnceStalled("tables short of the fold: records stuck in open transactions") from exc
             raise

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
-import time
 from datetime import datetime, timezone
 import uuid
 
@@ -62,10 +61,10 @@ def wait_exact(worker: Worker, events: list[SimEvent], timeout: float = 120) -> 
 def assert_regions_soon(worker: Worker, expected: dict, timeout: float = 60) -> None:
     """The worker's /regions equals ``expected`` within ``timeout``; otherwise fail showing the difference."""
     try:
-        worker.wait(lambda: {c: comparable(v) for c, v in worker.regions().items()} == expected, timeout,
+        worker.wait(lambda: worker.comparable_regions() == expected, timeout,
                     "region tables to equal the independent fold")
     except AssertionError:
-        got = {c: comparable(v) for c, v in worker.regions().items()}
+        got = worker.comparable_regions()
         diff = {c: (got.get(c), expected[c]) for c in expected if got.get(c) != expected[c]}
         raise AssertionError(f"regions differ from the fold: {diff}\n{worker.tail(60)}") from None
 
@@ -219,7 +218,7 @@ def test_restart_recovers_identical_tables_from_changelogs(kafka, registry, tmp_
         wait_exact(worker, first)
         # every counted figure (the stream clock and what follows it — evaluation, alerts — move with wall time
         # as idle sources are noticed, so a snapshot of those can be overtaken before the stop: not compared)
-        before = {code: comparable(view) for code, view in worker.regions().items()}
+        before = worker.comparable_regions()
     finally:
         worker.stop()
     if store == "memory":
@@ -233,8 +232,7 @@ def test_restart_recovers_identical_tables_from_changelogs(kafka, registry, tmp_
     worker = Worker(settings, tmp_path / "worker2.log")
     try:
         worker.start()
-        worker.wait(lambda: {code: comparable(view) for code, view in worker.regions().items()} == before, 90,
-                    "tables recovered after restart")
+        worker.wait(lambda: worker.comparable_regions() == before, 90, "tables recovered after restart")
         publish(settings, rest)  # and it goes on exactly from where it stopped
         worker.wait(lambda: sum(worker.events_accounted().values()) >= len(rest), 120, "rest accounted")
         assert_regions_soon(worker, expected_regions(events, scale=SCALE))
