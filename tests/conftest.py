@@ -16,7 +16,7 @@ def no_service_outlives_its_test():
     """Workers and sinks a test started and did not stop (e.g. it failed in a wait) are stopped after it; those of
     module fixtures (set up before this function-scoped one) stay for the module's other tests."""
     from tests.worker import RUNNING, stop_leftovers
-    before = {id(service) for service in RUNNING}
+    before = set(RUNNING)
     yield
     stop_leftovers(keep=before)
 

@@ -11,7 +11,7 @@ import pytest
 from streams.config import Settings
 from streams.simulator import Scenario
 from tests.conftest import unique
-from tests.expected import comparable, expected_regions
+from tests.expected import expected_regions
 from tests.helpers import MixedLoad, committed_offsets, unread
 from tests.test_topology import assert_regions_soon, publish
 from tests.worker import Worker
@@ -60,14 +60,10 @@ def killed_at(settings: Settings, tmp_path, point: str, n: int) -> bool:
 
 
 def finish(settings: Settings, tmp_path, total: int) -> Worker:
-    """A worker that has committed every input record (stopped if it does not: a failed wait must not leave a
-    worker running past the test, reconnecting to the session's broker and loading every later test)."""
+    """A worker that has committed every input record (if it does not, tests/conftest.py stops it after the
+    test)."""
     worker = Worker(settings, tmp_path / "final.log").start()
-    try:
-        worker.wait(lambda: input_committed(settings) >= total, 300, "every input record committed")
-    except BaseException:
-        worker.stop()
-        raise
+    worker.wait(lambda: input_committed(settings) >= total, 300, "every input record committed")
     return worker
 
 
@@ -104,7 +100,7 @@ def test_a_state_durable_before_its_deltas_loses_updates_which_the_drill_detects
         expected = expected_regions(events, scale=SCALE)
         with pytest.raises(AssertionError, match="regions differ from the fold"):
             assert_regions_soon(worker, expected, 45)
-        got = {c: comparable(v) for c, v in worker.regions().items()}
+        got = worker.comparable_regions()
 
         def counted(figures: dict) -> int:  # every counted event: registrations, contributions, claims
             return sum(c["contributions"]["count"] + sum(x["registered"] for x in c["cohorts"].values())

@@ -100,15 +100,12 @@ class Service:
 RUNNING: list[Service] = []
 
 
-def stop_leftovers(keep: set[int]) -> list[str]:
-    """Stop every service still running but those in ``keep`` (ids: started by a module or session fixture before
-    the test); returns what was stopped (``command pid``)."""
-    left = [service for service in RUNNING
-            if id(service) not in keep and service.proc and service.proc.poll() is None]
-    for service in left:
+def stop_leftovers(keep: set[Service]) -> None:
+    """Stop every service in ``RUNNING`` but those in ``keep`` (started by a module or session fixture before the
+    test), and forget it (``stop`` does nothing for one that has exited)."""
+    for service in [service for service in RUNNING if service not in keep]:
         service.stop(timeout=20)
-    RUNNING[:] = [service for service in RUNNING if service.proc and service.proc.poll() is None]
-    return [f"{service.command} {service.proc.pid}" for service in left]
+        RUNNING.remove(service)
 
 
 class Worker(Service):
