@@ -41,10 +41,15 @@ def participant(value: dict, state) -> list[dict]:
         if p.get("dead"):  # the death benefit came first: registered, not a member
             out.append({"k": "exit", "region": p["region"], "cohort": p["cohort"], "pt": max(p["paid"], p["since"]),
                         "at": at})
+    elif kind == "Registration" and p["cohort"] == "VULNERABLE_WORKER" and value["segment"] == "PU" \
+            and not (p.get("dead") or p.get("moved")):
+        p["moved"] = True  # a wage job ends the sponsored place (as ours: docs/domain.md)
+        out.append({"k": "exit", "region": p["region"], "cohort": p["cohort"], "pt": max(p["paid"], p["since"]),
+                    "at": at})
     elif kind == "Contribution":
         before = max(p["paid"], p["since"])
         p["paid"] = max(p["paid"], period_number(value["period"]))
-        if p["reg"] and not p.get("dead") and max(p["paid"], p["since"]) != before:
+        if p["reg"] and not (p.get("dead") or p.get("moved")) and max(p["paid"], p["since"]) != before:
             out.append({"k": "pt", "region": p["region"], "cohort": p["cohort"], "from": before,
                         "to": max(p["paid"], p["since"]), "at": at})
         out.append({"k": "contrib", "region": value["region_code"], "amount": value["amount_idr"], "at": at})
@@ -53,7 +58,7 @@ def participant(value: dict, state) -> list[dict]:
                     "status": value["status"], "amount": value["amount_idr"], "at": at})
         if value["program"] == "JKM" and value["status"] == "PAID" and not p.get("dead"):
             p["dead"] = True  # a paid death benefit ends participation (as ours: docs/domain.md)
-            if p["reg"]:
+            if p["reg"] and not p.get("moved"):
                 out.append({"k": "exit", "region": p["region"], "cohort": p["cohort"],
                             "pt": max(p["paid"], p["since"]), "at": at})
     state.set("p", p)

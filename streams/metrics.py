@@ -46,8 +46,9 @@ PROTECTED = gauge("jamsostek_region_protected", "Participants paid for the curre
                   ["region"])
 IN_ARREARS = gauge("jamsostek_region_in_arrears", "Members in arrears, by unpaid months counting the current one",
                    ["region", "months"])
-EXITED = gauge("jamsostek_region_exited", "Participants who left, by reason (death: a paid JKM claim); not members, "
-               "their funder's slot is free", ["region", "reason"])
+EXITED = gauge("jamsostek_region_exited", "Participants who left, by reason (death: a paid JKM claim; "
+               "wage_employment: registered as a PU wage earner); not members, their funder's slot is free",
+               ["region", "reason"])
 COVERAGE = gauge("jamsostek_region_coverage_ratio", "Active programme participants / region target", ["region"])
 QUOTA = gauge("jamsostek_region_quota", "Quota places (participants) per region and funder", ["region", "funding_source"])
 QUOTA_TOTAL = gauge("jamsostek_region_quota_total", "DEPRECATED: the same as jamsostek_region_quota (a gauge must "

@@ -40,6 +40,11 @@ class RegionReadModel:
         return [rules.region_view(region, stats[code], clock, s.grace_months, s.target_scale)
                 for code, region in ref.items()]
 
+    def histories(self) -> dict[str, list[dict]]:
+        """Per region: members and coverage per evaluated day (rules.history_view)."""
+        return {code: rules.history_view(region, self.stats.get(code), self.settings.target_scale)
+                for code, region in reference_regions().items()}
+
     async def run(self) -> None:
         consumer = AIOKafkaConsumer(**self.settings.aiokafka_conf(), enable_auto_commit=False, group_id=None,
                                     auto_offset_reset="earliest", isolation_level="read_committed")

@@ -9,13 +9,18 @@ import hmac
 import marshal
 from datetime import datetime, timezone
 
-from streams import clock, stall
+from streams import clock, demography, stall
 from streams.reference import Region
 
 SEEN_LIMIT = 256  # event-id hashes kept per participant for dedup (~20 years of monthly payments)
 OPEN_CLAIMS_LIMIT = 32  # claims of one participant waiting for their other end (submitted or paid) at most
 DAY_MS = 86_400_000
 PROGRAMME_COHORTS = ("VULNERABLE_WORKER", "NON_CIVIL_SERVANT")
+COHORTS = ("VULNERABLE_WORKER", "NON_CIVIL_SERVANT", "GENERAL")
+# Exit reasons, strongest first: a later-known stronger reason replaces a weaker one (arrival order across topics
+# is not defined; the outcome must not depend on it)
+EXIT_REASONS = ("death", "wage_employment")
+NO_DEMOGRAPHY = [demography.UNKNOWN] * 3
 COUNTED = ("reg", "contrib", "claim")  # one per applied event: the delta that carries its late flag
 
 
@@ -47,7 +52,8 @@ def period_str(index: int) -> str:
 # -- participant state --------------------------------------------------------------------------------
 def new_participant() -> dict:
     # reg: registered · r: region · c: cohort · f: funding source · s: segment · p: programmes ·
-    # pt: paid-through period index · seen: recent event-id hashes · x: why it left (absent: still a member).
+    # pt: paid-through period index · seen: recent event-id hashes · x: why it left (absent: still a member) ·
+    # dm: [district, age band, sex] read from the NIK at ingest (streams/demography.py), nothing finer.
     # Active/lapsed follows from pt and the clock.
     return {"reg": False, "r": None, "c": None, "f": None, "s": None, "p": [], "pt": None, "seen": []}
 
@@ -71,13 +77,16 @@ def apply_event(state: dict | None, kind: str, event: dict) -> tuple[dict, list[
             # paid-through starts the month before registration: the grace period runs from registration
             start = period_of_ms(at) - 1
             state.update(reg=True, r=region, c=event["cohort"], f=event["funding_source"], s=event["segment"],
-                         p=list(event["programs"]),
+                         p=list(event["programs"]), dm=list(event.get("demo") or NO_DEMOGRAPHY),
                          pt=max(state["pt"], start) if state["pt"] is not None else start)
             deltas.append({"k": "reg", "region": region, "cohort": state["c"], "funding": state["f"],
-                           "pt": state["pt"], "at": at})
+                           "pt": state["pt"], "dm": state["dm"], "at": at})
             if state.get("x"):  # the exit arrived first (late data is data): registered, and gone
                 deltas.append(_exit(state, at))
-        # a second registration of a registered participant changes nothing (documented in docs/domain.md)
+        elif state["c"] == "VULNERABLE_WORKER" and event["segment"] == "PU":
+            # registered again as a wage earner (an employer pays now): the sponsored place ends
+            deltas += _leave(state, "wage_employment", at)
+        # any other second registration of a registered participant changes nothing (docs/domain.md)
     elif kind == "Contribution":
         paid = period_index(event["period"])
         old = state["pt"]
@@ -94,10 +103,8 @@ def apply_event(state: dict | None, kind: str, event: dict) -> tuple[dict, list[
             if turnaround is not None:
                 deltas.append({"k": "turnaround", "region": region, "program": event["program"],
                                "days": turnaround, "at": at})
-        if event["program"] == "JKM" and event["status"] == "PAID" and not state.get("x"):
-            state["x"] = "death"  # a paid death benefit ends participation and frees the slot (docs/domain.md)
-            if state["reg"]:
-                deltas.append(_exit(state, at))
+        if event["program"] == "JKM" and event["status"] == "PAID":
+            deltas += _leave(state, "death", at)  # a paid death benefit ends participation, frees the slot
     if event.get("late"):
         for delta in deltas:
             if delta["k"] in COUNTED:
@@ -105,11 +112,26 @@ def apply_event(state: dict | None, kind: str, event: dict) -> tuple[dict, list[
     return state, deltas, False
 
 
+def _leave(state: dict, reason: str, at: int) -> list[dict]:
+    """The participant leaves for ``reason``; returns the region deltas. Already gone for a weaker reason (a move
+    to wage employment, then the death benefit): only the count by reason moves. Not registered yet: the reason
+    waits in the state for the registration (late data is data)."""
+    was = state.get("x")
+    if was and EXIT_REASONS.index(was) <= EXIT_REASONS.index(reason):
+        return []
+    state["x"] = reason
+    if not state["reg"]:
+        return []
+    if was:
+        return [{"k": "exit", "region": state["r"], "cohort": state["c"], "reason": reason, "was": was, "at": at}]
+    return [_exit(state, at)]
+
+
 def _exit(state: dict, at: int) -> dict:
     """The region delta of a participant leaving (``state["x"]``: why): out of the members (its paid-through
-    bucket), out of its funder's slots, counted by reason."""
+    bucket), out of its funder's slots and its breakdown cells, counted by reason."""
     return {"k": "exit", "region": state["r"], "cohort": state["c"], "funding": state["f"], "pt": state["pt"],
-            "reason": state["x"], "at": at}
+            "dm": state.get("dm") or NO_DEMOGRAPHY, "reason": state["x"], "at": at}
 
 
 def _track_claim(state: dict, claim_id: str, status: str, at: int) -> int | None:
@@ -155,7 +177,9 @@ def new_region() -> dict:
             "wm": {}, "evaluated": None, "first_day": None, "days": {}, "recent": {}, "active_series": [],
             "alerts": {}, "forecast_fill_day": None,
             # late data (docs/domain.md): events read late at ingest; events of days already evaluated
-            "late": 0, "corrections": 0}
+            "late": 0, "corrections": 0,
+            # members (registered, not exited) per cohort by district / age band / sex (streams/demography.py)
+            "people": {}}
 
 
 def _inc(d: dict, key: str, by: int = 1) -> None:
@@ -196,6 +220,7 @@ def apply_delta_in_place(stats: dict, delta: dict, region: Region, target_scale:
         _inc(stats["registered"], cohort)
         _inc(stats["hist"].setdefault(cohort, {}), str(delta["pt"]))
         stats["last_registration"] = max(stats["last_registration"], delta["at"])
+        _count_people(stats, cohort, delta.get("dm"), 1)
         if cohort == "VULNERABLE_WORKER":
             _inc(stats["quota_used"], funding)  # over the quota: counted all the same, shown as over_quota
     elif kind == "pt":
@@ -213,10 +238,24 @@ def apply_delta_in_place(stats: dict, delta: dict, region: Region, target_scale:
         _inc(stats.setdefault("turnaround", {}).setdefault(delta["program"], {}), str(delta["days"]))
     elif kind == "exit":  # out of the members and the funder's slots; counted by reason
         cohort = delta["cohort"]
+        exited = stats.setdefault("exited", {}).setdefault(cohort, {})
+        _inc(exited, delta["reason"])
+        if "was" in delta:  # gone already: a stronger reason replaces the weaker one
+            _inc(exited, delta["was"], -1)
+            return
         _inc(stats["hist"].setdefault(cohort, {}), str(delta["pt"]), -1)
-        _inc(stats.setdefault("exited", {}).setdefault(cohort, {}), delta["reason"])
+        _count_people(stats, cohort, delta.get("dm"), -1)
         if cohort == "VULNERABLE_WORKER":
             _inc(stats["quota_used"], delta["funding"], -1)
+
+
+BREAKDOWNS = ("district", "age_band", "sex")
+
+
+def _count_people(stats: dict, cohort: str, dm: list | None, by: int) -> None:
+    cells = stats.setdefault("people", {}).setdefault(cohort, {})
+    for dimension, value in zip(BREAKDOWNS, dm or NO_DEMOGRAPHY):
+        _inc(cells.setdefault(dimension, {}), value, by)
 
 
 def active_count(hist: dict, clock_period: int, grace_months: int) -> int:
@@ -290,4 +329,24 @@ def region_view(region: Region, stats: dict | None, clock_ms: int, grace_months:
         "evaluating_since": stall.iso_day(stats["first_day"] + 1) if stats["first_day"] is not None else None,
         "last_event_at": stats["clock"] or None, "last_registration_at": stats["last_registration"] or None,
         "late": {"events": stats.get("late", 0), "corrections": stats.get("corrections", 0)},
+        "breakdown": breakdown(stats),
+        "alert_history": [{"kind": kind, "severity": stall.SEVERITY[kind], "status": status,
+                           "since": stall.iso_day(started), "on": stall.iso_day(day)}
+                          for kind, status, started, day in reversed(stats.get("alert_log") or [])],
     }
+
+
+def history_view(region: Region, stats: dict | None, target_scale: float) -> list[dict]:
+    """Programme members and coverage at the start of each evaluated day (the page's chart), oldest first."""
+    target = sum(round(region.target.get(c, 0) * target_scale) for c in PROGRAMME_COHORTS)
+    return [{"day": stall.iso_day(day), "day_ms": day * DAY_MS, "active": active,
+             "coverage_ratio": round(active / target, 4) if target else None}
+            for day, active in (stats or {}).get("history") or []]
+
+
+def breakdown(stats: dict) -> dict:
+    """Members per cohort by district, age band and sex, with cells under ``demography.MIN_CELL`` people shown as
+    None (streams/demography.py ``suppressed``)."""
+    people = stats.get("people", {})
+    return {cohort: {dimension: demography.suppressed(people.get(cohort, {}).get(dimension, {}))
+                     for dimension in BREAKDOWNS} for cohort in COHORTS}

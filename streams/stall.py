@@ -24,6 +24,8 @@ from streams.clock import DAY_MS, day_of
 from streams.reference import Region
 
 MAX_CATCH_UP_DAYS = 400  # a clock jump longer than this evaluates only its last days
+HISTORY_DAYS = 366  # members per evaluated day kept for the page's chart
+ALERT_LOG = 20  # transitions kept for the region page's alert history (the warehouse keeps them all)
 SEVERITY = {"NO_REGISTRATIONS": "WARNING", "PACE_BELOW_TARGET": "INFO", "COVERAGE_FALLING": "CRITICAL",
             "CONTRIBUTIONS_STOPPED": "CRITICAL"}
 
@@ -76,7 +78,7 @@ def record(stats: dict, delta: dict) -> None:
     elif kind == "contrib":
         stats["days"].setdefault(day, [0, 0])[1] += 1
     frontier = stats["evaluated"]  # None before the first evaluation: keep everything until it trims
-    if kind in ("reg", "pt", "exit") and (frontier is None or day_of(at) > frontier):
+    if kind in ("reg", "pt", "exit") and "was" not in delta and (frontier is None or day_of(at) > frontier):
         # counted per day, cohort and paid-through move ("old>new", old empty for a registration): what _as_of
         # needs, in room that grows with the days ahead of the frontier, not with the events. (A list of every
         # delta reached 3.8 MB for Kutai Kartanegara in the 200k drill, before the first evaluation; a changelog
@@ -136,6 +138,8 @@ def evaluate_day(stats: dict, region: Region, day: int, rules: StallRules, grace
     active = sum(active_count(hist.get(c, {}), period, grace_months) for c in PROGRAMME_COHORTS)
     series = [p for p in stats["active_series"] if p[0] > day - rules.coverage_window_days] + [[day, active]]
     stats["active_series"] = series
+    # the coverage chart's history (one point per evaluated day, the last HISTORY_DAYS)
+    stats["history"] = (stats.get("history") or [])[-(HISTORY_DAYS - 1):] + [[day, active]]
     known = day - stats["first_day"]  # days of history this region has been evaluated over
     quota = sum(round(q * scale) for q in region.quota.values())
     remaining = max(quota - registered.get("VULNERABLE_WORKER", 0), 0)
@@ -194,6 +198,7 @@ def advance(stats: dict, region: Region, low_watermark_ms: int, rules: StallRule
         for kind, status, details in evaluate_day(stats, region, day, rules, grace_months, scale, programme_end_day):
             alert = stats["alerts"][kind]
             started = alert["started"] if status == "FIRING" else alert["last_started"]
+            stats["alert_log"] = (stats.get("alert_log") or [])[-(ALERT_LOG - 1):] + [[kind, status, started, day]]
             out.append({"alert_id": alert_id(region.code, kind, started), "region_code": region.code, "kind": kind,
                         "status": status, "severity": SEVERITY[kind], "occurred_at": day * DAY_MS,
                         "started_at": started * DAY_MS, "resolved_at": day * DAY_MS if status == "RESOLVED" else None,

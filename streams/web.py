@@ -39,6 +39,10 @@ def register(topo) -> None:
                 return web.json(view)
         return web.json({"error": f"unknown region {code[:10]!r}"}, status=404)
 
+    async def history(web, request):
+        """Members and coverage per region at the start of each evaluated day: the chart's past on first load."""
+        return web.json(topo.read_model.histories())
+
     async def about(web, request):
         """What the page needs to say about the data: simulated or real, and at what scale."""
         return web.json({"app": app.conf.id, "simulated": topo.settings.simulated,
@@ -60,7 +64,7 @@ def register(topo) -> None:
 
     # CONTRACT.md names the paths without a trailing slash; both forms answer
     for path, handler in (("/regions", all_regions), ("/regions/{code}", one_region), ("/region/{code}", region),
-                          ("/about", about),
+                          ("/about", about), ("/history", history),
                           ("/healthz", livez),
                           ("/livez", livez), ("/readyz", readyz)):
         app.page(path)(handler)

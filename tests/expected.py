@@ -31,11 +31,16 @@ def expected_regions(events, grace_months: int = 3, scale: float = 1.0, clock_ms
     claim_ends: dict[tuple, dict[str, int]] = defaultdict(dict)  # (nik, claim_id) -> status -> first event time
     claim_of: dict[tuple, tuple[str, str]] = {}  # (nik, claim_id) -> (region, programme) of its PAID event
     dead: set[str] = set()
+    moved: set[str] = set()  # vulnerable workers registered again as wage earners (PU)
     for e in applied:
         r = e.record
         if e.record_name == "Registration" and e.key not in people:
             people[e.key] = {"region": r["region_code"], "cohort": r["cohort"], "funding": r["funding_source"],
-                             "registered_in": month_number(r["occurred_at"])}
+                             "registered_in": month_number(r["occurred_at"]),
+                             "cells": nik_cells(r["nik"], r["region_code"], r["occurred_at"])}
+        elif e.record_name == "Registration" and people[e.key]["cohort"] == "VULNERABLE_WORKER" \
+                and r["segment"] == "PU":
+            moved.add(e.key)
         elif e.record_name == "Contribution":
             paid[e.key] = max(paid[e.key], period_number(r["period"]))
             contributions[r["region_code"]][0] += 1
@@ -53,15 +58,20 @@ def expected_regions(events, grace_months: int = 3, scale: float = 1.0, clock_ms
                     claim_of[(e.key, r["claim_id"])] = (r["region_code"], r["program"])
     out = {}
     for code, region in regions().items():
-        cohorts = {}
+        cohorts, breakdowns = {}, {}
         for cohort in ("VULNERABLE_WORKER", "NON_CIVIL_SERVANT", "GENERAL"):
             registered = [(k, p) for k, p in people.items() if p["region"] == code and p["cohort"] == cohort]
-            members = [(k, p) for k, p in registered if k not in dead]
+            members = [(k, p) for k, p in registered if k not in dead and k not in moved]
             # paid through: the latest paid period, or the month before registration if later; months behind the
             # clock's month: 0 protected, 1..grace in arrears, more: membership ended (BPJS Perdir 22/2022)
             behind = [clock - max(paid.get(k, 0), p["registered_in"] - 1) for k, p in members]
-            exited = len(registered) - len(members)
-            cohorts[cohort] = {"registered": len(registered), "exited": {"death": exited} if exited else {},
+            exited = defaultdict(int)
+            for k, _ in registered:
+                if k in dead or k in moved:
+                    exited["death" if k in dead else "wage_employment"] += 1  # death wins
+            breakdowns[cohort] = {dimension: small_cells_hidden([p["cells"][i] for _, p in members])
+                                  for i, dimension in enumerate(("district", "age_band", "sex"))}
+            cohorts[cohort] = {"registered": len(registered), "exited": dict(sorted(exited.items())),
                                "active": sum(1 for b in behind if b <= grace_months),
                                "protected": sum(1 for b in behind if b <= 0),
                                "in_arrears": {str(m): sum(1 for b in behind if b == m)
@@ -69,7 +79,7 @@ def expected_regions(events, grace_months: int = 3, scale: float = 1.0, clock_ms
                                "ended": sum(1 for b in behind if b > grace_months)}
         used = defaultdict(int)
         for key, p in people.items():
-            if p["region"] == code and p["cohort"] == "VULNERABLE_WORKER" and key not in dead:
+            if p["region"] == code and p["cohort"] == "VULNERABLE_WORKER" and key not in dead | moved:
                 used[p["funding"]] += 1  # a slot held now: the dead free theirs
         quota = {}
         for funding in sorted(set(region.quota) | set(used)):
@@ -93,7 +103,7 @@ def expected_regions(events, grace_months: int = 3, scale: float = 1.0, clock_ms
         out[code] = {"claims_turnaround": {program: {"paid": len(days), "p50_days": rank(days, 50),
                                                      "p90_days": rank(days, 90)}
                                            for program, days in sorted(turnaround.items())},
-                     "cohorts": cohorts, "quota": quota, "claims": dict(region_claims),
+                     "cohorts": cohorts, "quota": quota, "claims": dict(region_claims), "breakdown": breakdowns,
                      "contributions": {"count": contributions[code][0], "amount_idr": contributions[code][1]}}
     return out
 
@@ -103,7 +113,38 @@ def comparable(view: dict) -> dict:
     return {"cohorts": {c: {k: v[k] for k in ("registered", "exited", "active", "protected", "in_arrears", "ended")}
                         for c, v in view["cohorts"].items()},
             "quota": view["quota"], "claims": view["claims"], "contributions": view["contributions"],
-            "claims_turnaround": view["claims_turnaround"]}
+            "claims_turnaround": view["claims_turnaround"], "breakdown": view["breakdown"]}
+
+
+def nik_cells(nik: str, region_code: str, at_ms: int) -> tuple[str, str, str]:
+    """(district, age band, sex) from the NIK's digits, as docs/domain.md describes them."""
+    issued_here = nik.startswith(region_code.replace(".", "")) and nik[4:6] != "00"  # districts number from 01
+    district = region_code + "." + nik[4:6] if issued_here else "unknown"
+    day, month, year = int(nik[6:8]), int(nik[8:10]), int(nik[10:12])
+    female = day > 40
+    at = datetime.fromtimestamp(at_ms / 1000, tz=timezone.utc)
+    year += 2000 if 2000 + year <= at.year else 1900
+    try:
+        birthday_passed = (at.month, at.day) >= (month, day - 40 if female else day)
+        datetime(year, month, day - 40 if female else day)
+    except ValueError:
+        return district, "unknown", "unknown"
+    age = at.year - year - (0 if birthday_passed else 1)
+    lower = 25 + (age - 25) // 10 * 10  # ten-year bands from 25
+    band = "<25" if age < 25 else "55+" if age >= 55 else f"{lower}-{lower + 9}"
+    return district, band, "female" if female else "male"
+
+
+def small_cells_hidden(values: list[str], minimum: int = 10) -> dict[str, int | None]:
+    """Counts per value; under ``minimum`` hidden (None), and when exactly one cell is hidden, the next smallest
+    too (else total minus the rest reveals it)."""
+    counts: dict[str, int] = defaultdict(int)
+    for v in values:
+        counts[v] += 1
+    small = sorted(v for v, n in counts.items() if n < minimum)
+    if len(small) == 1 and len(counts) > 1:
+        small += [sorted((n, v) for v, n in counts.items() if v not in small)[0][1]]
+    return {v: None if v in small else counts[v] for v in sorted(counts)}
 
 
 def expected_alerts(events, scale: float, first_days: dict[str, int], until_day: int, rules_=None) -> list[tuple]:

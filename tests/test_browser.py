@@ -111,11 +111,11 @@ def test_live_page_updates_without_reload_and_matches_the_api(kafka, registry, t
         def shown() -> dict:
             return browser.execute_script("""return Object.fromEntries(Array.from(
                 document.querySelectorAll('#cohorts tbody tr')).map(r => [r.dataset.cohort,
-                ['registered', 'protected', 'arrears1', 'arrears2', 'arrears3', 'ended', 'exited'].map(
+                ['registered', 'protected', 'arrears1', 'arrears2', 'arrears3', 'ended', 'exited', 'moved'].map(
                     c => r.querySelector('.' + c).textContent)]));""")
         want = {c: [f"{v[k]:,}" for k in ("registered", "protected")]
                 + [f"{v['in_arrears'][m]:,}" for m in ("1", "2", "3")] + [f"{v['ended']:,}"]
-                + [f"{v['exited'].get('death', 0):,}"]
+                + [f"{v['exited'].get(reason, 0):,}" for reason in ("death", "wage_employment")]
                 for c, v in view["cohorts"].items()}
         worker.wait(lambda: shown() == want, 30, "the region page to show the protection figures of the API")
         program, turnaround = next(iter(view["claims_turnaround"].items()))
@@ -123,5 +123,25 @@ def test_live_page_updates_without_reload_and_matches_the_api(kafka, registry, t
             return [r.querySelector('.p50').textContent, r.querySelector('.p90').textContent];""")
         assert cells == [f"{turnaround['p50_days']} days", f"{turnaround['p90_days']} days"]
         assert view["name"] in browser.find_element("id", "name").text
+        # members by district, age band and sex as the API gives them, small cells as "<10"; the alert history
+        tables = browser.execute_script("""return Array.from(document.querySelectorAll('table.breakdown')).map(t =>
+            [t.dataset.cohort, t.dataset.dimension, Array.from(t.querySelectorAll('tbody tr')).map(r =>
+                Array.from(r.cells).map(c => c.textContent))]);""")
+        assert {(c, d): rows for c, d, rows in tables} == {
+            (c, d): [[k, "<10" if n is None else f"{n:,}"] for k, n in cells.items()] or [["none yet"]]
+            for c, dims in view["breakdown"].items() if c != "GENERAL" for d, cells in dims.items()}
+        assert any(n is None for dims in view["breakdown"].values() for cells in dims.values() for n in cells.values())
+        history = browser.execute_script("return document.querySelectorAll('#alert-history tbody tr').length")
+        assert history == max(len(view["alert_history"]), 1)
+        # the chart has its past on first load: a fresh page draws the evaluated days at once, not one point per
+        # refresh from now on
+        past = requests.get(worker.url("/history/"), timeout=5).json()
+        samarinda = next(r for r in requests.get(worker.url("/regions/"), timeout=5).json() if r["code"] == "64.72")
+        assert [p["day"] for p in past["64.72"]][::len(past["64.72"]) - 1] == [
+            samarinda["evaluating_since"], samarinda["evaluated_through"]]  # a point per evaluated day
+        assert len(past["64.72"]) > 5
+        browser.get(worker.url("/"))
+        worker.wait(lambda: browser.execute_script("return (history['64.72'] || []).length") >= len(past["64.72"]),
+                    10, "the chart's history on first load")
     finally:
         worker.stop()

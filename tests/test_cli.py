@@ -120,7 +120,12 @@ def test_migrate_goes_down_only_when_confirmed(tmp_path):
     os.close(fd)
     assert b"Downgrade the warehouse" in seen and os.waitstatus_to_exitcode(status) == 1
     assert "fact_registration" in tables()
-    done = cli("migrate", "-1", "--yes", env={"WAREHOUSE_URL": url})
+    done = cli("migrate", "-1", "--yes", env={"WAREHOUSE_URL": url})  # one step down: the breakdowns go
+    assert done.returncode == 0, done.stderr
+    with sqlite3.connect(tmp_path / "w.db") as db:
+        assert not db.execute("SELECT name FROM sqlite_master WHERE type = 'view'").fetchall()
+        assert "district" not in {r[1] for r in db.execute("PRAGMA table_info(fact_registration)")}
+    done = cli("migrate", "base", "--yes", env={"WAREHOUSE_URL": url})
     assert done.returncode == 0, done.stderr
     assert "fact_registration" not in tables()
 

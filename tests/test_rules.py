@@ -199,3 +199,53 @@ def test_only_a_paid_jkm_claim_is_an_exit_and_only_once():
     paid = jkm("PAID", ms(2025, 2))
     twice = base + [("Claim", paid), ("Claim", paid), ("Claim", jkm("PAID", ms(2025, 3)))]  # re-sent; a second
     assert view(fold(twice), ms(2025, 3))["cohorts"]["VULNERABLE_WORKER"]["exited"] == {"death": 1}
+
+
+def wage_job(at: int, who: str = "p1") -> dict:
+    """An employer registers the worker as a wage earner."""
+    return {**reg(at, cohort="GENERAL", funding="EMPLOYER"), "segment": "PU", "programs": ["JKK", "JKM", "JHT", "JP"],
+            "who": who}
+
+
+def test_a_wage_job_ends_the_sponsored_place_and_frees_the_slot():
+    scale = 0.001  # 13 province slots in Samarinda
+    people = [("Registration", {**reg(ms(2025, 1)), "who": f"p{i}"}) for i in range(13)]
+    moved = [("Registration", wage_job(ms(2025, 2), "p0"))]
+    v = rules.region_view(SAMARINDA, fold(people + moved, scale), ms(2025, 2), 3, scale)
+    cohort = v["cohorts"]["VULNERABLE_WORKER"]
+    assert cohort["registered"] == 13 and cohort["exited"] == {"wage_employment": 1} and cohort["active"] == 12
+    assert v["quota"]["APBD_PROVINCE"]["used"] == 12 and v["cohorts"]["GENERAL"]["registered"] == 0
+    again = [("Registration", wage_job(ms(2025, 3), "p0"))]  # a second employer: gone already
+    assert rules.region_view(SAMARINDA, fold(people + moved + again, scale), ms(2025, 3), 3, scale)["cohorts"][
+        "VULNERABLE_WORKER"]["exited"] == {"wage_employment": 1}
+
+
+def test_a_registration_as_wage_earner_of_someone_not_sponsored_changes_nothing():
+    events = [("Registration", reg(ms(2025, 1), cohort="GENERAL", funding="SELF")),
+              ("Registration", wage_job(ms(2025, 2)))]
+    assert view(fold(events), ms(2025, 2))["cohorts"]["GENERAL"]["exited"] == {}
+
+
+def test_death_outranks_a_wage_job_whatever_arrives_first():
+    start = [("Registration", reg(ms(2025, 1)))]
+    move, death = ("Registration", wage_job(ms(2025, 2))), ("Claim", jkm("PAID", ms(2025, 3)))
+    for events in (start + [move, death], start + [death, move], [death] + start + [move]):
+        stats = fold(events)
+        cohort = view(stats, ms(2025, 3))["cohorts"]["VULNERABLE_WORKER"]
+        assert cohort["exited"] == {"death": 1} and cohort["active"] == 0 and cohort["registered"] == 1
+        assert stats["quota_used"] == {} and stats["hist"]["VULNERABLE_WORKER"] == {}
+
+
+def test_members_broken_down_by_district_age_and_sex_with_small_cells_hidden():
+    cells = [("64.72.01", "25-34", "female")] * 12 + [("64.72.02", "35-44", "male")] * 11 + \
+        [("64.72.03", "35-44", "female")] * 3
+    events = [("Registration", {**reg(ms(2025, 1)), "who": f"p{i}", "demo": list(c)}) for i, c in enumerate(cells)]
+    shown = view(fold(events), ms(2025, 1))["breakdown"]["VULNERABLE_WORKER"]
+    # 64.72.03 has 3: hidden, and then the next smallest too, or 26 - 12 - 11 would give it away
+    assert shown["district"] == {"64.72.01": 12, "64.72.02": None, "64.72.03": None}
+    assert shown["age_band"] == {"25-34": 12, "35-44": 14} and shown["sex"] == {"female": 15, "male": 11}
+    gone = [("Claim", {**jkm("PAID", ms(2025, 2)), "who": f"p{i}"}) for i in range(12, 23)]  # the 11 of 64.72.02
+    shown = view(fold(events + gone), ms(2025, 2))["breakdown"]["VULNERABLE_WORKER"]
+    assert shown["district"] == {"64.72.01": None, "64.72.03": None}  # one hidden of two: both
+    assert view(fold([("Registration", reg(ms(2025, 1)))]), ms(2025, 1))["breakdown"]["VULNERABLE_WORKER"] == {
+        "district": {"unknown": None}, "age_band": {"unknown": None}, "sex": {"unknown": None}}

@@ -46,7 +46,15 @@ def test_mix_is_realistic():
     regs = [e.record for e in events if e.record_name == "Registration"]
     by_region = collections.Counter(r["region_code"] for r in regs)
     assert by_region.most_common(1)[0][0] == "64.02"  # Kutai Kartanegara is the largest
-    assert len({r["nik"] for r in regs}) == len(regs)
+    first = {}
+    for r in regs:
+        first.setdefault(r["nik"], r)
+    again = [r for r in regs if first[r["nik"]] is not r]
+    assert 0 < len(again) < 0.05 * len(first)  # a few vulnerable workers move to a wage job
+    for r in again:  # registered again by an employer, later, as a wage earner: nothing more of them follows
+        assert first[r["nik"]]["cohort"] == "VULNERABLE_WORKER" and r["occurred_at"] > first[r["nik"]]["occurred_at"]
+        assert (r["segment"], r["funding_source"]) == ("PU", "EMPLOYER")
+        assert not [e for e in events if e.key == r["nik"] and e.occurred_at > r["occurred_at"]]
     for r in regs:
         if r["cohort"] == "VULNERABLE_WORKER":
             assert r["segment"] == "BPU" and r["programs"] == ["JKK", "JKM"]

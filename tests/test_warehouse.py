@@ -3,6 +3,7 @@ migrations both ways, exact facts vs an independent computation, re-delivery wit
 mid-run, region snapshots from the stream tables, analyst queries, and no raw NIK anywhere it can reach."""
 from __future__ import annotations
 
+import collections
 import hashlib
 import hmac
 import os
@@ -16,9 +17,11 @@ from confluent_kafka.admin import AdminClient
 from sqlalchemy import create_engine, inspect, text
 
 from sinks.warehouse import db
+from sinks.warehouse.models import BREAKDOWN_VIEWS
 from streams.config import DEV_PSEUDONYM_KEY, PROJECT_ROOT, Settings
 from streams.simulator import Scenario
 from tests.conftest import unique
+from tests.expected import nik_cells, small_cells_hidden
 from tests.helpers import committed_offsets, niks_in, read_all
 from tests.test_topology import publish, wait_exact
 from tests.worker import Sink, Worker
@@ -331,6 +334,22 @@ def test_analyst_queries_run_on_both_databases(published, warehouse_url, tmp_pat
                if e.record["status"] == "PAID")
     assert sum(r.paid_idr for r in claims) == paid
     assert {r.region_code for r in results["registrations_per_region_per_month"]} <= set(db.regions())
+    # the breakdown views: people per region, cohort and attribute from the NIK, small cells hidden
+    engine = create_engine(warehouse_url)
+    with engine.connect() as conn:
+        views = {column: conn.execute(text(f"SELECT region_code, cohort, {column}, people FROM {view}")).all()
+                 for view, column in BREAKDOWN_VIEWS.items()}
+    engine.dispose()
+    people = collections.defaultdict(dict)  # (region, cohort) -> NIK -> cells of its registration
+    for e in events:
+        if e.expect == "processed" and e.record_name == "Registration":
+            r = e.record
+            people[r["region_code"], r["cohort"]][e.key] = nik_cells(e.key, r["region_code"], r["occurred_at"])
+    for i, column in enumerate(BREAKDOWN_VIEWS.values()):
+        want = {(region, cohort, cell): n for (region, cohort), niks in people.items()
+                for cell, n in small_cells_hidden([c[i] for c in niks.values()]).items()}
+        assert {(r[0], r[1], r[2]): r[3] for r in views[column]} == want, column
+    assert any(n is None for n in want.values()) and any(n for n in want.values())
 
 
 def analyst_queries() -> dict[str, str]:

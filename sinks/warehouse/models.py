@@ -9,6 +9,8 @@ from __future__ import annotations
 from sqlalchemy import (BigInteger, Column, DateTime, Float, ForeignKey, Index, Integer, MetaData, String, Table,
                         Text)
 
+from streams.demography import MIN_CELL
+
 metadata = MetaData(naming_convention={
     "ix": "ix_%(table_name)s_%(column_0_N_name)s", "uq": "uq_%(table_name)s_%(column_0_N_name)s",
     "fk": "fk_%(table_name)s_%(column_0_name)s", "pk": "pk_%(table_name)s",
@@ -58,6 +60,10 @@ fact_registration = _fact(
     Column("occupation", String(200), nullable=False),
     Column("funding_source", String(16), nullable=False),
     Column("programs", String(40), nullable=False),  # e.g. "JKK,JKM"
+    # read from the NIK before it is pseudonymised (streams/demography.py); NULL in rows loaded before 0002
+    Column("district", String(8)),  # e.g. "64.72.05", or "unknown"
+    Column("age_band", String(8)),  # at registration: <25, 25-34, 35-44, 45-54, 55+, unknown
+    Column("sex", String(8)),  # female | male | unknown
 )
 
 fact_contribution = _fact(
@@ -115,3 +121,29 @@ PROGRAM_NAMES = {
     "JP": "Jaminan Pensiun (pension)",
     "JKP": "Jaminan Kehilangan Pekerjaan (job loss)",
 }
+
+
+# Views for analysts: people registered per region, cohort and one attribute, with cells under MIN_CELL people
+# NULL, and when that hides exactly one cell of a region and cohort, the next smallest too (docs/domain.md "Breakdowns
+# and small cells"; the same rule as streams/demography.py ``suppressed``). Plain SQL that SQLite and PostgreSQL share.
+BREAKDOWN_VIEWS = {"registered_by_district": "district", "registered_by_age_band": "age_band",
+                   "registered_by_sex": "sex"}
+
+
+def breakdown_view_sql(column: str) -> str:
+    small = f"CASE WHEN people < {MIN_CELL} THEN 1 ELSE 0 END"
+    return f"""
+WITH cells AS (
+    SELECT region_code, cohort, {column}, count(DISTINCT participant_key) AS people
+    FROM fact_registration WHERE {column} IS NOT NULL
+    GROUP BY region_code, cohort, {column}),
+ranked AS (
+    SELECT region_code, cohort, {column}, people, {small} AS small,
+           sum({small}) OVER (PARTITION BY region_code, cohort) AS small_cells,
+           count(*) OVER (PARTITION BY region_code, cohort) AS all_cells,
+           row_number() OVER (PARTITION BY region_code, cohort, {small} ORDER BY people, {column}) AS size_rank
+    FROM cells)
+SELECT region_code, cohort, {column},
+       CASE WHEN small = 1 OR (small_cells = 1 AND all_cells > 1 AND size_rank = 1) THEN NULL ELSE people END
+           AS people
+FROM ranked"""

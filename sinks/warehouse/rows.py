@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 
+from streams.demography import from_nik
 from streams.privacy import scrubbed
 from streams.rules import participant_key
 
@@ -20,8 +21,10 @@ def fact_row(record_name: str, record: dict, key: bytes, source: tuple[str, int,
            "region_code": record["region_code"], "occurred_at": at, "event_month": f"{at.year:04d}-{at.month:02d}",
            "src_topic": source[0], "src_partition": source[1], "src_offset": source[2], "loaded_at": loaded_at}
     if record_name == "Registration":
+        district, age_band, sex = from_nik(record["nik"], record["region_code"], record["occurred_at"])
         row.update(segment=record["segment"], cohort=record["cohort"],
-                   occupation=scrubbed(record["occupation"], "record"), funding_source=record["funding_source"], programs=",".join(record["programs"]))
+                   occupation=scrubbed(record["occupation"], "record"), funding_source=record["funding_source"],
+                   programs=",".join(record["programs"]), district=district, age_band=age_band, sex=sex)
     elif record_name == "Contribution":
         row.update(period=record["period"], amount_idr=record["amount_idr"], funding_source=record["funding_source"])
     else:

@@ -72,6 +72,7 @@ class Person:
     paying: bool = True
     last_paid: int = -1  # month index of the last paid period
     dead: bool = False   # a paid death benefit (JKM): no more payments or claims
+    moved: bool = False  # registered again as a wage earner: the sponsored place ended, no more events here
 
 
 def month_start_ms(start: str, index: int) -> int:
@@ -102,6 +103,7 @@ class Scenario:
     bad_share: float = 0.0
     duplicate_share: float = 0.0
     byte_faults: bool = True
+    wage_move_monthly: float = 0.0  # monthly probability that a vulnerable worker takes a wage job (PU)
     _regions: dict[str, Region] = field(default_factory=lambda: dict(regions()), repr=False)
 
     @classmethod
@@ -118,6 +120,7 @@ class Scenario:
             lapse=dict(raw["lapse"]), resume_monthly=resume["monthly"], arrears_months=resume["arrears_months"],
             rejected_share=claims.pop("rejected_share"), claim_rates=claims,
             general_per_100k=raw["general"]["per_100k_population"],
+            wage_move_monthly=raw.get("moves", {}).get("wage_employment_monthly", 0.0),
         )
         return replace(scenario, **{k: v for k, v in overrides.items() if v is not None})
 
@@ -134,6 +137,7 @@ class _Generator:
     def __init__(self, sc: Scenario):
         self.sc = sc
         self.rng = random.Random(sc.seed)
+        self.move_rng = random.Random(sc.seed + 1)  # moves drawn apart: a scenario without them is unchanged
         self.people: dict[str, list[Person]] = {code: [] for code in sorted(sc._regions)}
         self.niks: set[str] = set()
         self.quota_used: dict[tuple[str, str], int] = {}
@@ -236,6 +240,18 @@ class _Generator:
                 "program": program, "amount_idr": amount, "status": status, "claim_id": claim_id,
             }))
 
+    def move_to_wage_employment(self, person: Person, month: int) -> None:
+        """An employer registers the worker as a wage earner (PU): the sponsored place ends (docs/domain.md)."""
+        rng = self.rng
+        person.moved, person.paying = True, False
+        income = rng.randrange(3_200_000, 4_200_000, 50_000)
+        self.emit(SimEvent("Registration", person.nik, {
+            "event_id": self.uuid(), "occurred_at": self.when(month), "nik": person.nik, "region_code": person.region,
+            "segment": "PU", "cohort": "GENERAL", "occupation": rng.choice(OCCUPATIONS["GENERAL"]),
+            "funding_source": "EMPLOYER", "programs": ["JKK", "JKM", "JHT", "JP"], "channel": "EMPLOYER",
+            "declared_income_idr": income,
+        }))
+
     def simulate_month(self, month: int) -> None:
         sc, rng = self.sc, self.rng
         for code, people in self.people.items():
@@ -247,7 +263,13 @@ class _Generator:
             stopped = plan.contributions_stop_from_month is not None and month >= plan.contributions_stop_from_month
             # payments of people already registered (before this month's newcomers)
             for person in people:
-                if stopped or person.dead:
+                if person.dead or person.moved:
+                    continue
+                if person.cohort == "VULNERABLE_WORKER" and sc.wage_move_monthly \
+                        and self.move_rng.random() < sc.wage_move_monthly:
+                    self.move_to_wage_employment(person, month)
+                    continue
+                if stopped:
                     continue
                 if person.paying and rng.random() < sc.lapse[person.funding]:
                     person.paying = False
