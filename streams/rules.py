@@ -93,7 +93,8 @@ def apply_event(state: dict | None, kind: str, event: dict) -> tuple[dict, list[
         if old is None or paid > old:
             state["pt"] = paid
             if state["reg"] and not state.get("x"):  # after an exit, money is counted but moves no member
-                deltas.append({"k": "pt", "region": state["r"], "cohort": state["c"], "from": old, "to": paid, "at": at})
+                deltas.append({"k": "pt", "region": state["r"], "cohort": state["c"], "funding": state["f"],
+                               "from": old, "to": paid, "at": at})
         deltas.append({"k": "contrib", "region": state["r"] or region, "amount": event["amount_idr"], "at": at})
     elif kind == "Claim":
         deltas.append({"k": "claim", "region": region, "program": event["program"], "status": event["status"],
@@ -219,6 +220,7 @@ def apply_delta_in_place(stats: dict, delta: dict, region: Region, target_scale:
         cohort, funding = delta["cohort"], delta["funding"]
         _inc(stats["registered"], cohort)
         _inc(stats["hist"].setdefault(cohort, {}), str(delta["pt"]))
+        _inc(_funder_hist(stats, delta), str(delta["pt"]))
         stats["last_registration"] = max(stats["last_registration"], delta["at"])
         _count_people(stats, cohort, delta.get("dm"), 1)
         if cohort == "VULNERABLE_WORKER":
@@ -228,6 +230,11 @@ def apply_delta_in_place(stats: dict, delta: dict, region: Region, target_scale:
         if delta["from"] is not None:
             _inc(hist, str(delta["from"]), -1)
         _inc(hist, str(delta["to"]))
+        if delta.get("funding"):
+            fhist = _funder_hist(stats, delta)
+            if delta["from"] is not None:
+                _inc(fhist, str(delta["from"]), -1)
+            _inc(fhist, str(delta["to"]))
     elif kind == "contrib":
         stats["contrib"] = [stats["contrib"][0] + 1, stats["contrib"][1] + delta["amount"]]
     elif kind == "claim":
@@ -244,12 +251,18 @@ def apply_delta_in_place(stats: dict, delta: dict, region: Region, target_scale:
             _inc(exited, delta["was"], -1)
             return
         _inc(stats["hist"].setdefault(cohort, {}), str(delta["pt"]), -1)
+        _inc(_funder_hist(stats, delta), str(delta["pt"]), -1)
         _count_people(stats, cohort, delta.get("dm"), -1)
         if cohort == "VULNERABLE_WORKER":
             _inc(stats["quota_used"], delta["funding"], -1)
 
 
 BREAKDOWNS = ("district", "age_band", "sex")
+
+
+def _funder_hist(stats: dict, delta: dict) -> dict:
+    """The paid-through histogram of the delta's cohort and funder ("VULNERABLE_WORKER|APBD_PROVINCE")."""
+    return stats.setdefault("fhist", {}).setdefault(f"{delta['cohort']}|{delta['funding']}", {})
 
 
 def _count_people(stats: dict, cohort: str, dm: list | None, by: int) -> None:
@@ -297,7 +310,11 @@ def region_view(region: Region, stats: dict | None, clock_ms: int, grace_months:
                            "lapsed": registered - active - sum(exited.values()), "exited": exited,
                            "target": target, "coverage_ratio": round(active / target, 4) if target else None,
                            **(protection(hist, clock_period, grace_months) if clock_ms else
-                              {"protected": 0, "in_arrears": {}, "ended": 0})}
+                              {"protected": 0, "in_arrears": {}, "ended": 0}),
+                           # the same per funder: whose money is missing, a provincial transfer or an employer's
+                           "funders": {group.partition("|")[2]: protection(h, clock_period, grace_months)
+                                       for group, h in sorted((stats.get("fhist") or {}).items())
+                                       if group.partition("|")[0] == cohort and clock_ms and any(h.values())}}
     active = sum(cohorts[c]["active"] for c in PROGRAMME_COHORTS)
     target = sum(cohorts[c]["target"] for c in PROGRAMME_COHORTS)
     quota = {}
@@ -320,9 +337,10 @@ def region_view(region: Region, stats: dict | None, clock_ms: int, grace_months:
         "cohorts": cohorts, "quota": quota, "claims": claims, "claims_turnaround": turnaround,
         "contributions": {"count": stats["contrib"][0], "amount_idr": stats["contrib"][1]},
         "clock": period_str(clock_period) if clock_ms else None, "clock_ms": clock_ms or None,
-        "alerts": [{"kind": kind, "severity": stall.SEVERITY[kind], "since": stall.iso_day(a["started"]),
-                    "alert_id": stall.alert_id(region.code, kind, a["started"])}
-                   for kind, a in sorted(stats["alerts"].items()) if a["status"] == "firing"],
+        "alerts": [{"kind": stall.split_key(key)[0], "funder": stall.split_key(key)[1],
+                    "severity": stall.SEVERITY[stall.split_key(key)[0]], "since": stall.iso_day(a["started"]),
+                    "alert_id": stall.alert_id(region.code, key, a["started"])}
+                   for key, a in sorted(stats["alerts"].items()) if a["status"] == "firing"],
         "stalled": any(a["status"] == "firing" for a in stats["alerts"].values()),
         "forecast_fill_date": stall.iso_day(stats["forecast_fill_day"]) if stats["forecast_fill_day"] else None,
         "evaluated_through": stall.iso_day(stats["evaluated"]) if stats["evaluated"] is not None else None,
@@ -330,9 +348,10 @@ def region_view(region: Region, stats: dict | None, clock_ms: int, grace_months:
         "last_event_at": stats["clock"] or None, "last_registration_at": stats["last_registration"] or None,
         "late": {"events": stats.get("late", 0), "corrections": stats.get("corrections", 0)},
         "breakdown": breakdown(stats),
-        "alert_history": [{"kind": kind, "severity": stall.SEVERITY[kind], "status": status,
+        "alert_history": [{"kind": stall.split_key(key)[0], "funder": stall.split_key(key)[1],
+                           "severity": stall.SEVERITY[stall.split_key(key)[0]], "status": status,
                            "since": stall.iso_day(started), "on": stall.iso_day(day)}
-                          for kind, status, started, day in reversed(stats.get("alert_log") or [])],
+                          for key, status, started, day in reversed(stats.get("alert_log") or [])],
     }
 
 

@@ -9,7 +9,10 @@ times however the partitions interleave. Rules (thresholds in ``StallRules``; re
 - PACE_BELOW_TARGET: recent registration pace is below the pace needed to fill the remaining quota by the
   programme end (fires below ``pace_fire_ratio`` x needed, resolves above ``pace_resolve_ratio`` x needed).
 - COVERAGE_FALLING: active programme participants fell more than ``coverage_drop_fire`` below the window's peak.
-- CONTRIBUTIONS_STOPPED: no contribution at all for the region for ``no_contribution_days``.
+- CONTRIBUTIONS_STOPPED, per funder of the programme cohorts (not self-payers): at least ``unpaid_fire`` of the
+  funder's members have not paid for the period due (the current month from its ``contribution_due_day``, the
+  month before until then); resolves below ``unpaid_resolve``. A missed provincial transfer alerts in the month it
+  is missed while employers and self-payers go on paying; a funder that pays a quarter ahead never alerts.
 
 Each condition must hold ``for_days`` consecutive days to fire, and its clearing condition as long to resolve
 (Prometheus' ``for:`` plus hysteresis): no flapping on noisy input.
@@ -28,6 +31,15 @@ HISTORY_DAYS = 366  # members per evaluated day kept for the page's chart
 ALERT_LOG = 20  # transitions kept for the region page's alert history (the warehouse keeps them all)
 SEVERITY = {"NO_REGISTRATIONS": "WARNING", "PACE_BELOW_TARGET": "INFO", "COVERAGE_FALLING": "CRITICAL",
             "CONTRIBUTIONS_STOPPED": "CRITICAL"}
+PROGRAMME = ("VULNERABLE_WORKER", "NON_CIVIL_SERVANT")
+NOT_A_FUNDER = "SELF"  # self-payers lapse one by one (the protection figures show it), no transfer is missed
+
+
+def split_key(key: str) -> tuple[str, str | None]:
+    """An alert's key in the region state: the rule's kind, and the funder for a per-funder rule
+    ("CONTRIBUTIONS_STOPPED:APBD_PROVINCE")."""
+    kind, _, funder = key.partition(":")
+    return kind, funder or None
 
 
 class StallRules(BaseModel):
@@ -43,7 +55,11 @@ class StallRules(BaseModel):
     coverage_drop_fire: float = 0.10
     coverage_drop_resolve: float = 0.05
     coverage_min_participants: int = 10
-    no_contribution_days: int = 35
+    no_contribution_days: int = 35  # the history kept of daily contribution counts (the page's and the old rule's)
+    contribution_due_day: int = 20  # a funder's payment for a month is due by this day of the month (assumption)
+    unpaid_fire: float = 0.5  # share of a funder's members unpaid for the period due that fires
+    unpaid_resolve: float = 0.2
+    funder_min_members: int = 5
     for_days: int = 3
 
     @property
@@ -63,9 +79,10 @@ def month_day(period: str) -> int:
     return int(datetime(year, month, 1, tzinfo=timezone.utc).timestamp()) // 86_400
 
 
-def alert_id(region_code: str, kind: str, started_day: int) -> str:
-    """Stable id: the same region, rule and start day always give the same id (replays, re-sends)."""
-    return f"{region_code}:{kind.lower()}:{iso_day(started_day)}"
+def alert_id(region_code: str, key: str, started_day: int) -> str:
+    """Stable id: the same region, rule (and funder) and start day always give the same id (replays, re-sends)."""
+    kind, funder = split_key(key)
+    return f"{region_code}:{kind.lower()}{'.' + funder.lower() if funder else ''}:{iso_day(started_day)}"
 
 
 # -- recording what evaluations need -----------------------------------------------------------------------------
@@ -86,7 +103,9 @@ def record(stats: dict, delta: dict) -> None:
         # an exit is "pt>x": out of the histogram, still registered
         move = (f"{delta['pt']}>x" if kind == "exit" else
                 f"{delta['from'] if kind == 'pt' else ''}>{delta['pt'] if kind == 'reg' else delta['to']}")
-        moves = stats["recent"].setdefault(day, {}).setdefault(delta["cohort"], {})
+        # per cohort and funder ("VULNERABLE_WORKER|APBD_PROVINCE"): the per-funder rule needs them as of a day too
+        group = f"{delta['cohort']}|{delta['funding']}" if delta.get("funding") else delta["cohort"]
+        moves = stats["recent"].setdefault(day, {}).setdefault(group, {})
         moves[move] = moves.get(move, 0) + 1
 
 
@@ -95,25 +114,48 @@ def _window(days: dict, day: int, length: int, column: int) -> int:
     return sum(days.get(str(d), (0, 0))[column] for d in range(day - length, day))
 
 
-def _as_of(stats: dict, day: int) -> tuple[dict, dict]:
-    """Per programme cohort: the paid-through histogram and the registered count as they were at 00:00 of ``day``
-    (undoing deltas that happened later but were already applied)."""
+def _as_of(stats: dict, day: int) -> tuple[dict, dict, dict]:
+    """The paid-through histograms per cohort and per cohort and funder, and the registered count per cohort, as
+    they were at 00:00 of ``day`` (undoing deltas that happened later but were already applied)."""
     hist = {c: dict(h) for c, h in stats["hist"].items()}
+    fhist = {g: dict(h) for g, h in (stats.get("fhist") or {}).items()}
     registered = dict(stats["registered"])
-    for later, cohorts in stats["recent"].items():
+    for later, groups in stats["recent"].items():
         if int(later) < day:
             continue
-        for cohort, moves in cohorts.items():
-            h = hist.setdefault(cohort, {})
+        for group, moves in groups.items():
+            cohort = group.partition("|")[0]
+            targets = [hist.setdefault(cohort, {})] + ([fhist.setdefault(group, {})] if "|" in group else [])
             for move, n in moves.items():
                 old, new = move.split(">")
-                if new != "x":
-                    h[new] = h.get(new, 0) - n
-                if old:
-                    h[old] = h.get(old, 0) + n
-                else:
+                for h in targets:
+                    if new != "x":
+                        h[new] = h.get(new, 0) - n
+                    if old:
+                        h[old] = h.get(old, 0) + n
+                if not old:
                     registered[cohort] = registered.get(cohort, 0) - n
-    return hist, registered
+    return hist, registered, fhist
+
+
+def unpaid_by_funder(fhist: dict, day: int, rules: "StallRules", grace_months: int) -> dict[str, tuple[int, int]]:
+    """Per funder of the programme cohorts: (members, members unpaid for the period due on ``day``). Due: the
+    current month from its ``contribution_due_day``, the month before until then."""
+    from streams.rules import period_of_ms
+    period = period_of_ms(day * DAY_MS)
+    due = period if datetime.fromtimestamp(day * 86_400, tz=timezone.utc).day >= rules.contribution_due_day \
+        else period - 1
+    out: dict[str, list[int]] = {}
+    for group, hist in fhist.items():
+        cohort, _, funder = group.partition("|")
+        if cohort not in PROGRAMME or funder == NOT_A_FUNDER:
+            continue
+        counts = out.setdefault(funder, [0, 0])
+        for pt, n in hist.items():
+            if period - int(pt) <= grace_months:  # a member (ended memberships are not a funder's arrears)
+                counts[0] += n
+                counts[1] += n if int(pt) < due else 0
+    return {f: (m, u) for f, (m, u) in sorted(out.items())}
 
 
 def _step(alert: dict | None, cond: bool, clear: bool, day: int, for_days: int) -> tuple[dict, str | None]:
@@ -133,7 +175,7 @@ def evaluate_day(stats: dict, region: Region, day: int, rules: StallRules, grace
                  programme_end_day: int) -> list[tuple[str, str, dict]]:
     """Evaluate every rule for ``day``; update ``stats['alerts']``; return the transitions (kind, status, details)."""
     from streams.rules import PROGRAMME_COHORTS, active_count, period_of_ms
-    hist, registered = _as_of(stats, day)
+    hist, registered, fhist = _as_of(stats, day)
     period = period_of_ms(day * DAY_MS)
     active = sum(active_count(hist.get(c, {}), period, grace_months) for c in PROGRAMME_COHORTS)
     series = [p for p in stats["active_series"] if p[0] > day - rules.coverage_window_days] + [[day, active]]
@@ -155,7 +197,6 @@ def evaluate_day(stats: dict, region: Region, day: int, rules: StallRules, grace
         stats["forecast_fill_day"] = day + round(remaining / pace) if pace else None  # None: never at this pace
     peak = max(n for _, n in series)
     drop = 1 - active / peak if peak else 0.0
-    contribs = _window(days, day, rules.no_contribution_days, 1)
     checks = {
         "NO_REGISTRATIONS": (remaining > 0 and regs_recent == 0 and known >= rules.no_registration_days,
                              remaining == 0 or regs_recent > 0,
@@ -171,12 +212,22 @@ def evaluate_day(stats: dict, region: Region, day: int, rules: StallRules, grace
         "COVERAGE_FALLING": (peak >= rules.coverage_min_participants and drop > rules.coverage_drop_fire,
                              peak < rules.coverage_min_participants or drop < rules.coverage_drop_resolve,
                              {"active": str(active), "window_peak": str(peak), "drop": f"{drop:.1%}"}),
-        "CONTRIBUTIONS_STOPPED": (sum(registered.values()) > 0 and contribs == 0
-                                  and known >= rules.no_contribution_days,
-                                  contribs > 0,
-                                  {"days_without_contribution": str(rules.no_contribution_days),
-                                   "registered": str(sum(registered.values()))}),
     }
+    by_funder = unpaid_by_funder(fhist, day, rules, grace_months)
+    for key, alert in stats["alerts"].items():
+        kind, funder = split_key(key)
+        if kind == "CONTRIBUTIONS_STOPPED" and funder is None:  # the region-wide rule of before 2026-11-26
+            checks[key] = (False, True, {})  # resolves; the per-funder rule takes over
+        elif kind == "CONTRIBUTIONS_STOPPED" and funder not in by_funder:
+            by_funder[funder] = (0, 0)  # its members are all gone: it resolves
+    for funder, (members, unpaid) in by_funder.items():
+        share = unpaid / members if members else 0.0
+        key = f"CONTRIBUTIONS_STOPPED:{funder}"
+        if members < rules.funder_min_members and key not in stats["alerts"]:
+            continue  # too few to judge, and nothing to resolve
+        checks[key] = (members >= rules.funder_min_members and share >= rules.unpaid_fire,
+                       members < rules.funder_min_members or share < rules.unpaid_resolve,
+                       {"funder": funder, "members": str(members), "unpaid": str(unpaid), "unpaid_share": f"{share:.0%}"})
     transitions = []
     for kind, (cond, clear, details) in checks.items():
         alert, change = _step(stats["alerts"].get(kind), cond, clear, day, rules.for_days)
@@ -199,8 +250,9 @@ def advance(stats: dict, region: Region, low_watermark_ms: int, rules: StallRule
             alert = stats["alerts"][kind]
             started = alert["started"] if status == "FIRING" else alert["last_started"]
             stats["alert_log"] = (stats.get("alert_log") or [])[-(ALERT_LOG - 1):] + [[kind, status, started, day]]
-            out.append({"alert_id": alert_id(region.code, kind, started), "region_code": region.code, "kind": kind,
-                        "status": status, "severity": SEVERITY[kind], "occurred_at": day * DAY_MS,
+            base = split_key(kind)[0]
+            out.append({"alert_id": alert_id(region.code, kind, started), "region_code": region.code, "kind": base,
+                        "status": status, "severity": SEVERITY[base], "occurred_at": day * DAY_MS,
                         "started_at": started * DAY_MS, "resolved_at": day * DAY_MS if status == "RESOLVED" else None,
                         "summary": summary(region, kind, status, details), "details": details})
     if target > stats["evaluated"]:
@@ -211,13 +263,15 @@ def advance(stats: dict, region: Region, low_watermark_ms: int, rules: StallRule
     return out
 
 
-def summary(region: Region, kind: str, status: str, details: dict) -> str:
+def summary(region: Region, key: str, status: str, details: dict) -> str:
+    kind = split_key(key)[0]
     what = {
         "NO_REGISTRATIONS": f"no new registrations for {details.get('days_without_registration')} days "
                             f"with {details.get('quota_remaining')} quota places left",
         "PACE_BELOW_TARGET": f"registering {details.get('pace_per_day')}/day, needs {details.get('needed_per_day')}"
                              f"/day to fill the quota in time (forecast {details.get('forecast_fill_date')})",
         "COVERAGE_FALLING": f"active participants down {details.get('drop')} from the 30-day peak",
-        "CONTRIBUTIONS_STOPPED": f"no contributions for {details.get('days_without_contribution')} days",
+        "CONTRIBUTIONS_STOPPED": f"{details.get('unpaid')} of {details.get('members')} members funded by "
+                                 f"{details.get('funder')} unpaid for the month due",
     }[kind]
     return f"{region.name} ({region.code}): {what}" + (" — resolved" if status == "RESOLVED" else "")

@@ -65,6 +65,9 @@ def expected_regions(events, grace_months: int = 3, scale: float = 1.0, clock_ms
             # paid through: the latest paid period, or the month before registration if later; months behind the
             # clock's month: 0 protected, 1..grace in arrears, more: membership ended (BPJS Perdir 22/2022)
             behind = [clock - max(paid.get(k, 0), p["registered_in"] - 1) for k, p in members]
+            by_funder = defaultdict(list)
+            for (k, p), b in zip(members, behind):
+                by_funder[p["funding"]].append(b)
             exited = defaultdict(int)
             for k, _ in registered:
                 if k in dead or k in moved:
@@ -76,7 +79,8 @@ def expected_regions(events, grace_months: int = 3, scale: float = 1.0, clock_ms
                                "protected": sum(1 for b in behind if b <= 0),
                                "in_arrears": {str(m): sum(1 for b in behind if b == m)
                                               for m in range(1, grace_months + 1)},
-                               "ended": sum(1 for b in behind if b > grace_months)}
+                               "ended": sum(1 for b in behind if b > grace_months),
+                               "funders": {f: protection(bs, grace_months) for f, bs in sorted(by_funder.items())}}
         used = defaultdict(int)
         for key, p in people.items():
             if p["region"] == code and p["cohort"] == "VULNERABLE_WORKER" and key not in dead | moved:
@@ -108,9 +112,16 @@ def expected_regions(events, grace_months: int = 3, scale: float = 1.0, clock_ms
     return out
 
 
+def protection(behind: list[int], grace_months: int) -> dict:
+    return {"protected": sum(1 for b in behind if b <= 0),
+            "in_arrears": {str(m): sum(1 for b in behind if b == m) for m in range(1, grace_months + 1)},
+            "ended": sum(1 for b in behind if b > grace_months)}
+
+
 def comparable(view: dict) -> dict:
     """The part of a /regions entry that expected_regions() computes."""
-    return {"cohorts": {c: {k: v[k] for k in ("registered", "exited", "active", "protected", "in_arrears", "ended")}
+    return {"cohorts": {c: {k: v[k] for k in ("registered", "exited", "active", "protected", "in_arrears", "ended",
+                                              "funders")}
                         for c, v in view["cohorts"].items()},
             "quota": view["quota"], "claims": view["claims"], "contributions": view["contributions"],
             "claims_turnaround": view["claims_turnaround"], "breakdown": view["breakdown"]}

@@ -131,6 +131,10 @@ def test_live_page_updates_without_reload_and_matches_the_api(kafka, registry, t
             (c, d): [[k, "<10" if n is None else f"{n:,}"] for k, n in cells.items()] or [["none yet"]]
             for c, dims in view["breakdown"].items() if c != "GENERAL" for d, cells in dims.items()}
         assert any(n is None for dims in view["breakdown"].values() for cells in dims.values() for n in cells.values())
+        funders = browser.execute_script("""return Array.from(document.querySelectorAll('#funders tbody tr')).map(r =>
+            [r.dataset.cohort, r.dataset.funder, r.cells[2].textContent]);""")
+        assert funders == [[c, f, f"{p['protected']:,}"] for c, v in view["cohorts"].items()
+                           for f, p in v["funders"].items()] and funders
         history = browser.execute_script("return document.querySelectorAll('#alert-history tbody tr').length")
         assert history == max(len(view["alert_history"]), 1)
         # the chart has its past on first load: a fresh page draws the evaluated days at once, not one point per

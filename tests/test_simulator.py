@@ -101,6 +101,22 @@ def test_mahakam_ulu_stalls_while_quota_remains():
     assert active == set(regions()) - {"64.11"}
 
 
+def test_a_missed_transfer_is_paid_late_and_a_quarterly_funder_pays_ahead():
+    from datetime import datetime, timezone
+    month = lambda ms: datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m")
+    paid = collections.defaultdict(collections.Counter)  # (region, funder) -> (month paid, period) -> payments
+    for e in default_events():
+        if e.record_name == "Contribution":
+            r = e.record
+            paid[r["region_code"], r["funding_source"]][month(r["occurred_at"]), r["period"]] += 1
+    kukar = paid["64.02", "APBD_PROVINCE"]  # the province's March transfer to Kutai Kartanegara came with April's
+    assert kukar["2025-04", "2025-03"] > 2 * kukar["2025-03", "2025-03"] > 0  # March: newcomers' first payments only
+    ppu = paid["64.09", "APBD_REGENCY"]  # PPU's own budget pays a quarter ahead
+    ahead = sum(n for (paid_in, period), n in ppu.items() if period > paid_in)
+    late = sum(n for (paid_in, period), n in ppu.items() if period < paid_in)  # a member's own lapse, resumed
+    assert ppu["2025-05", "2025-07"] > 0 and ahead > 10 * late
+
+
 def test_samarinda_goes_over_its_quota():
     sc = Scenario.load()
     regs = [e.record for e in default_events() if e.record_name == "Registration"
@@ -113,7 +129,7 @@ def test_lapses_and_reactivations_happen():
     for e in default_events():
         if e.record_name == "Contribution":
             paid[e.key].add(e.record["period"])
-    periods = [f"2025-{m:02d}" for m in range(1, 13)]
+    periods = [f"2025-{m:02d}" for m in range(1, 13)] + ["2026-01", "2026-02"]  # a quarter ahead runs into 2026
     gaps = resumed = 0
     for months in paid.values():
         idx = [periods.index(p) for p in months]

@@ -36,6 +36,11 @@ def pay(day: int, old: int, new: int, cohort: str = "VULNERABLE_WORKER") -> dict
 def run(deltas: list[dict], days: int, rules_: StallRules = RULES, scale: float = SCALE) -> list[tuple[str, str, str]]:
     """Apply ``deltas`` (in event-time order) with a daily tick after each day's events; the transitions as
     (kind, status, ISO day)."""
+    return simulate(deltas, days, rules_, scale)[0]
+
+
+def simulate(deltas: list[dict], days: int, rules_: StallRules = RULES, scale: float = SCALE) -> tuple[list, dict]:
+    """``run``, also returning the region's state at the end."""
     stats, out = None, []
     by_day: dict[int, list[dict]] = {}
     for d in deltas:
@@ -47,7 +52,7 @@ def run(deltas: list[dict], days: int, rules_: StallRules = RULES, scale: float 
                                   REGION, scale)
         for a in stall.advance(stats, REGION, min(stats["wm"].values()), rules_, 3, scale, END_DAY):
             out.append((a["kind"], a["status"], stall.iso_day(a["occurred_at"] // DAY_MS)))
-    return out
+    return out, stats
 
 
 def iso(day: int) -> str:
@@ -69,12 +74,56 @@ def test_a_silent_region_is_detected_from_the_clock_alone():
     assert not any(k == "CONTRIBUTIONS_STOPPED" for k, _, _ in events)  # nobody registered: nothing to pay
 
 
-def test_contributions_stopped_fires_and_resolves():
-    deltas = [reg(0, i) for i in range(30)] + [reg(d) for d in range(1, 200)]
-    deltas += [contrib(d) for d in range(0, 50)] + [contrib(d) for d in range(120, 200)]
-    events = [t for t in run(sorted(deltas, key=lambda d: d["at"]), 200) if t[0] == "CONTRIBUTIONS_STOPPED"]
-    # last contribution day 49; first empty 35-day window [50, 84] on day 85; fires day 87; resumes day 120
-    assert events == [("CONTRIBUTIONS_STOPPED", "FIRING", iso(87)), ("CONTRIBUTIONS_STOPPED", "RESOLVED", iso(123))]
+def month_day(month: int, day_of_month: int) -> int:
+    """Day number (from DAY0) of a day of 2025 month ``month`` (1-12, may run into 2026)."""
+    year, month = 2025 + (month - 1) // 12, (month - 1) % 12 + 1
+    return (int(datetime(year, month, day_of_month, tzinfo=timezone.utc).timestamp() * 1000) // DAY_MS) - DAY0
+
+
+def funded(funder: str, cohort: str, n: int, paid: dict[int, int]) -> list[dict]:
+    """``n`` members of ``funder`` registered on day 0 (paid through 2024-12); ``paid``: day -> paid-through
+    month of 2025 from that day on."""
+    deltas = [{**reg(0, i, cohort), "funding": funder} for i in range(n)]
+    old = rules.period_of_ms((DAY0 * DAY_MS)) - 1
+    for day, month in sorted(paid.items()):
+        new = 2025 * 12 + month - 1
+        deltas += [{**pay(day, old, new, cohort), "funding": funder} for _ in range(n)]
+        old = new
+    return deltas
+
+
+def test_contributions_stopped_is_judged_per_funder_against_the_period_due():
+    """April 2025: the province's transfer is missed (paid with May's on 10 May); employers pay every month on the
+    5th; the regency pays a quarter ahead. Only the province alerts, from the day April's payment is due (the
+    20th) plus the 3 days a condition must hold, and it resolves 3 days after the late payment."""
+    months = range(1, 10)
+    province = funded("APBD_PROVINCE", "VULNERABLE_WORKER", 20,
+                      {month_day(m, 10): m for m in months if m != 4})
+    employer = funded("EMPLOYER", "NON_CIVIL_SERVANT", 10, {month_day(m, 5): m for m in months})
+    regency = funded("APBD_REGENCY", "VULNERABLE_WORKER", 10, {month_day(m, 10): m + 2 for m in (1, 4, 7)})
+    self_paid = funded("SELF", "VULNERABLE_WORKER", 10, {})  # nobody pays: self-payers are not a funder's transfer
+    deltas = sorted(province + employer + regency + self_paid + [contrib(d) for d in range(260)],
+                    key=lambda d: d["at"])
+    events = [t for t in run(deltas, month_day(10, 1)) if t[0] == "CONTRIBUTIONS_STOPPED"]
+    assert events == [("CONTRIBUTIONS_STOPPED", "FIRING", iso(month_day(4, 22))),
+                      ("CONTRIBUTIONS_STOPPED", "RESOLVED", iso(month_day(5, 13)))]
+    _, stats = simulate([d for d in deltas if d["at"] < (DAY0 + month_day(4, 25)) * DAY_MS], month_day(4, 25))
+    view = rules.region_view(REGION, stats, (DAY0 + month_day(4, 25)) * DAY_MS, 3, SCALE)
+    firing = [a for a in view["alerts"] if a["kind"] == "CONTRIBUTIONS_STOPPED"]
+    assert [(a["kind"], a["funder"]) for a in firing] == [("CONTRIBUTIONS_STOPPED", "APBD_PROVINCE")]
+    assert firing[0]["alert_id"] == "64.07:contributions_stopped.apbd_province:2025-04-22"
+    # protection per funder on 25 April: the province's members in arrears for April, the others protected
+    funders = {c: view["cohorts"][c]["funders"] for c in ("VULNERABLE_WORKER", "NON_CIVIL_SERVANT")}
+    assert funders["VULNERABLE_WORKER"]["APBD_PROVINCE"] == {"protected": 0, "in_arrears": {"1": 20, "2": 0, "3": 0},
+                                                              "ended": 0}
+    assert funders["VULNERABLE_WORKER"]["APBD_REGENCY"]["protected"] == 10
+    assert funders["NON_CIVIL_SERVANT"] == {"EMPLOYER": {"protected": 10, "in_arrears": {"1": 0, "2": 0, "3": 0},
+                                                         "ended": 0}}
+
+
+def test_a_funder_too_small_to_judge_does_not_alert():
+    deltas = funded("APBD_PROVINCE", "VULNERABLE_WORKER", RULES.funder_min_members - 1, {})
+    assert not [t for t in run(deltas + [contrib(d) for d in range(100)], 100) if t[0] == "CONTRIBUTIONS_STOPPED"]
 
 
 def test_coverage_falling_when_payments_stop_and_participants_lapse():

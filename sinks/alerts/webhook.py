@@ -38,6 +38,8 @@ def alertmanager_payload(alert: dict, receiver: str = "jamsostek", external_url:
     status = alert["status"].lower()
     labels = {"alertname": "RegionStalled", "region": alert["region_code"], "kind": alert["kind"].lower(),
               "severity": alert["severity"].lower()}
+    if alert["details"].get("funder"):  # a per-funder rule: one alert per funder, told apart by a label
+        labels["funder"] = alert["details"]["funder"]
     annotations = {"summary": alert["summary"], **{k: str(v) for k, v in alert["details"].items()}}
     group_labels = {"alertname": "RegionStalled", "region": alert["region_code"]}
     return {

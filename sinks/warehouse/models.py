@@ -95,7 +95,7 @@ region_snapshot = Table(
 
 region_alert = Table(
     "region_alert", metadata,
-    Column("alert_id", String(40), primary_key=True),
+    Column("alert_id", String(64), primary_key=True),  # per-funder rules name the funder
     Column("region_code", String(5), ForeignKey("dim_region.region_code"), nullable=False),
     Column("kind", String(40), nullable=False),
     Column("severity", String(10), nullable=False),

@@ -57,6 +57,8 @@ class RegionPlan:
     stall_from_month: int | None = None
     contributions_stop_from_month: int | None = None
     pause_months: tuple[int, int] | None = None  # registrations pause from..until (inclusive), then resume
+    missed_transfers: dict[str, list[int]] | None = None  # funder -> months its transfer is missed (paid next month)
+    quarterly: list[str] | None = None  # funders that pay a quarter ahead
 
 
 @dataclass(slots=True)
@@ -279,10 +281,15 @@ class _Generator:
                     if 0 < gap <= sc.arrears_months:  # arrears first, then the current period
                         for missed in range(person.last_paid + 1, month):
                             self.contribute(person, month, self.when(month, 0, 20), missed)
-                if person.paying and person.last_paid < month:
+                missed = month in (plan.missed_transfers or {}).get(person.funding, ())
+                if person.paying and person.last_paid < month and not missed:
                     batch = person.funding.startswith("APBD")  # budget-funded: paid in a batch around the 10th
                     at = self.when(month, 9, 12) if batch else self.when(month, 0, 25)
-                    self.contribute(person, month, at)
+                    through = month + 2 if person.funding in (plan.quarterly or ()) else month
+                    late = (plan.missed_transfers or {}).get(person.funding, ())
+                    first = person.last_paid + 1 if month - 1 in late else month  # a missed transfer, paid now
+                    for paid in range(max(first, month - sc.arrears_months), through + 1):
+                        self.contribute(person, month, at, paid)
                 for program in person.programs:
                     if rng.random() < sc.claim_rates.get(program, 0):
                         self.claim(person, program, month)
