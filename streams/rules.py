@@ -21,7 +21,7 @@ COHORTS = ("VULNERABLE_WORKER", "NON_CIVIL_SERVANT", "GENERAL")
 # is not defined; the outcome must not depend on it)
 EXIT_REASONS = ("death", "wage_employment")
 NO_DEMOGRAPHY = [demography.UNKNOWN] * 3
-COUNTED = ("reg", "contrib", "claim")  # one per applied event: the delta that carries its late flag
+COUNTED = ("reg", "contrib", "claim")  # the deltas of applied events whose day may be a correction
 
 
 # -- pseudonyms and periods -------------------------------------------------------------------------
@@ -106,10 +106,8 @@ def apply_event(state: dict | None, kind: str, event: dict) -> tuple[dict, list[
                                "days": turnaround, "at": at})
         if event["program"] == "JKM" and event["status"] == "PAID":
             deltas += _leave(state, "death", at)  # a paid death benefit ends participation, frees the slot
-    if event.get("late"):
-        for delta in deltas:
-            if delta["k"] in COUNTED:
-                delta["late"] = 1
+    if event.get("late") and deltas:  # counted once per event, on its first delta (a move has only an exit)
+        deltas[0]["late"] = 1
     return state, deltas, False
 
 
@@ -210,9 +208,9 @@ def apply_delta_in_place(stats: dict, delta: dict, region: Region, target_scale:
         stats["wm"][source] = max(stats["wm"].get(source, 0), delta["at"])
         return
     stats["clock"] = max(stats["clock"], delta["at"])
+    if delta.get("late"):
+        stats["late"] = stats.get("late", 0) + 1
     if kind in COUNTED:
-        if delta.get("late"):
-            stats["late"] = stats.get("late", 0) + 1
         if clock.is_correction(delta["at"], stats["evaluated"]):
             stats["corrections"] = stats.get("corrections", 0) + 1
     stall.record(stats, delta)
