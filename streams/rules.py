@@ -13,6 +13,7 @@ from streams import clock, demography, stall
 from streams.reference import Region
 
 SEEN_LIMIT = 256  # event-id hashes kept per participant for dedup (~20 years of monthly payments)
+PRE_REGISTRATION_LIMIT = 12  # contributions read before their participant's registration, kept with their time
 OPEN_CLAIMS_LIMIT = 32  # claims of one participant waiting for their other end (submitted or paid) at most
 DAY_MS = 86_400_000
 PROGRAMME_COHORTS = ("VULNERABLE_WORKER", "NON_CIVIL_SERVANT")
@@ -76,11 +77,24 @@ def apply_event(state: dict | None, kind: str, event: dict) -> tuple[dict, list[
         if not state["reg"]:
             # paid-through starts the month before registration: the grace period runs from registration
             start = period_of_ms(at) - 1
+            # contributions read before the registration (another topic: arrival order across topics is not
+            # defined) count from when they happened: those paid before registering set where it starts, later
+            # ones move it at their own time, as if they had arrived after it (the stall rules' as-of figures)
+            pre, paid_through = state.pop("pre", None) or [], state["pt"]
+            if state.get("x"):  # gone before registering: no member moves, only where its place was
+                first, later = max(start, paid_through if paid_through is not None else start), []
+            else:  # the last of ``later``: whatever the bounded list dropped
+                first = max([start, *(paid for paid, paid_at in pre if paid_at <= at)])
+                later = sorted((paid_at, paid) for paid, paid_at in pre if paid_at > at) + [(at, paid_through)]
             state.update(reg=True, r=region, c=event["cohort"], f=event["funding_source"], s=event["segment"],
-                         p=list(event["programs"]), dm=list(event.get("demo") or NO_DEMOGRAPHY),
-                         pt=max(state["pt"], start) if state["pt"] is not None else start)
+                         p=list(event["programs"]), dm=list(event.get("demo") or NO_DEMOGRAPHY), pt=first)
             deltas.append({"k": "reg", "region": region, "cohort": state["c"], "funding": state["f"],
                            "pt": state["pt"], "dm": state["dm"], "at": at})
+            for paid_at, paid in later:
+                if paid is not None and paid > state["pt"]:
+                    deltas.append({"k": "pt", "region": region, "cohort": state["c"], "funding": state["f"],
+                                   "from": state["pt"], "to": paid, "at": paid_at})
+                    state["pt"] = paid
             if state.get("x"):  # the exit arrived first (late data is data): registered, and gone
                 deltas.append(_exit(state, at))
         elif state["c"] == "VULNERABLE_WORKER" and event["segment"] == "PU":
@@ -90,6 +104,8 @@ def apply_event(state: dict | None, kind: str, event: dict) -> tuple[dict, list[
     elif kind == "Contribution":
         paid = period_index(event["period"])
         old = state["pt"]
+        if not state["reg"]:  # kept until the registration comes (bounded: a year of monthly payments)
+            state["pre"] = ((state.get("pre") or []) + [[paid, at]])[-PRE_REGISTRATION_LIMIT:]
         if old is None or paid > old:
             state["pt"] = paid
             if state["reg"] and not state.get("x"):  # after an exit, money is counted but moves no member

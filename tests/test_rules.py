@@ -249,3 +249,24 @@ def test_members_broken_down_by_district_age_and_sex_with_small_cells_hidden():
     assert shown["district"] == {"64.72.01": None, "64.72.03": None}  # one hidden of two: both
     assert view(fold([("Registration", reg(ms(2025, 1)))]), ms(2025, 1))["breakdown"]["VULNERABLE_WORKER"] == {
         "district": {"unknown": None}, "age_band": {"unknown": None}, "sex": {"unknown": None}}
+
+
+def test_contributions_read_before_the_registration_move_it_when_they_happened():
+    """Registrations and contributions come from different topics: which is read first is not defined. The
+    region's deltas — and so the stall rules' as-of figures — must not depend on it."""
+    registration = ("Registration", reg(ms(2025, 1, 10)))
+    paid = [("Contribution", contrib("2025-01", ms(2025, 1, 14))), ("Contribution", contrib("2025-02", ms(2025, 2, 12)))]
+    prepaid = ("Contribution", contrib("2025-03", ms(2025, 1, 2)))  # paid ahead, before registering
+
+    def deltas(events):
+        state, out = None, []
+        for kind, event in events:
+            state, new, _ = rules.apply_event(state, kind, event)
+            out += [(d["k"], d.get("pt"), d.get("from"), d.get("to"), d["at"]) for d in new if d["k"] in ("reg", "pt")]
+        return sorted(out, key=lambda d: d[-1])
+    in_order = deltas([registration, *paid])
+    # (contributions of one participant keep their order: one topic, one key, one partition)
+    assert deltas([*paid, registration]) == deltas([paid[0], registration, paid[1]]) == in_order
+    assert [d[0] for d in in_order] == ["reg", "pt", "pt"]
+    # a payment made before registering counts from the registration
+    assert deltas([prepaid, registration])[0][:2] == ("reg", 2025 * 12 + 2)
