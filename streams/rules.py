@@ -13,6 +13,7 @@ from streams import clock, demography, stall
 from streams.reference import Region
 
 SEEN_LIMIT = 256  # event-id hashes kept per participant for dedup (~20 years of monthly payments)
+MONTHLY_FEE_IDR = 16_800  # a sponsored vulnerable worker: JKK Rp10,000 + JKM Rp6,800 a month (docs/domain.md)
 PRE_REGISTRATION_LIMIT = 12  # contributions read before their participant's registration, kept with their time
 OPEN_CLAIMS_LIMIT = 32  # claims of one participant waiting for their other end (submitted or paid) at most
 DAY_MS = 86_400_000
@@ -111,7 +112,8 @@ def apply_event(state: dict | None, kind: str, event: dict) -> tuple[dict, list[
             if state["reg"] and not state.get("x"):  # after an exit, money is counted but moves no member
                 deltas.append({"k": "pt", "region": state["r"], "cohort": state["c"], "funding": state["f"],
                                "from": old, "to": paid, "at": at})
-        deltas.append({"k": "contrib", "region": state["r"] or region, "amount": event["amount_idr"], "at": at})
+        deltas.append({"k": "contrib", "region": state["r"] or region, "amount": event["amount_idr"],
+                       "funding": event["funding_source"], "period": paid, "at": at})
     elif kind == "Claim":
         deltas.append({"k": "claim", "region": region, "program": event["program"], "status": event["status"],
                        "amount": event["amount_idr"], "at": at})
@@ -251,6 +253,8 @@ def apply_delta_in_place(stats: dict, delta: dict, region: Region, target_scale:
             _inc(fhist, str(delta["to"]))
     elif kind == "contrib":
         stats["contrib"] = [stats["contrib"][0] + 1, stats["contrib"][1] + delta["amount"]]
+        if "funding" in delta:  # rupiah per funder and fiscal year (the calendar year of the period paid for)
+            _inc(stats.setdefault("paid", {}), f"{delta['period'] // 12}|{delta['funding']}", delta["amount"])
     elif kind == "claim":
         per_program = stats["claims"].setdefault(delta["program"], {})
         count, amount = per_program.get(delta["status"], [0, 0])
@@ -331,12 +335,18 @@ def region_view(region: Region, stats: dict | None, clock_ms: int, grace_months:
                                        if group.partition("|")[0] == cohort and clock_ms and any(h.values())}}
     active = sum(cohorts[c]["active"] for c in PROGRAMME_COHORTS)
     target = sum(cohorts[c]["target"] for c in PROGRAMME_COHORTS)
-    quota = {}
+    quota, fiscal_year = {}, clock_period // 12 if clock_ms else None
     for funding in sorted(set(region.quota) | set(stats["quota_used"])):
         total = round(region.quota.get(funding, 0) * target_scale)
         used = stats["quota_used"].get(funding, 0)
+        paid = (stats.get("paid") or {}).get(f"{fiscal_year}|{funding}", 0)
+        budget = total * MONTHLY_FEE_IDR * 12  # the slots for a year: how PPU's budget line is computed
+        funded = cohorts["VULNERABLE_WORKER"]["funders"].get(funding)
         quota[funding] = {"total": total, "used": used, "remaining": max(total - used, 0),
-                          "over_quota": max(used - total, 0)}  # now: slots freed by exits take over-quota members
+                          "over_quota": max(used - total, 0),  # now: slots freed by exits take over-quota members
+                          "filled_this_month": funded["protected"] if funded else 0,
+                          "fiscal_year": fiscal_year, "paid_idr": paid, "budget_idr": budget,
+                          "absorption": round(paid / budget, 4) if budget else None}
     claims = {program: {status: {"count": c, "amount_idr": a} for status, (c, a) in sorted(per.items())}
               for program, per in sorted(stats["claims"].items())}
     turnaround = {program: {"paid": sum(days.values()), "p50_days": percentile(days, 50),

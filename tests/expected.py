@@ -30,6 +30,7 @@ def expected_regions(events, grace_months: int = 3, scale: float = 1.0, clock_ms
     contributions = defaultdict(lambda: [0, 0])
     claim_ends: dict[tuple, dict[str, int]] = defaultdict(dict)  # (nik, claim_id) -> status -> first event time
     claim_of: dict[tuple, tuple[str, str]] = {}  # (nik, claim_id) -> (region, programme) of its PAID event
+    funder_paid: dict[tuple, int] = defaultdict(int)  # (region, funder, year of the period) -> rupiah
     dead: set[str] = set()
     moved: set[str] = set()  # vulnerable workers registered again as wage earners (PU)
     for e in applied:
@@ -45,6 +46,7 @@ def expected_regions(events, grace_months: int = 3, scale: float = 1.0, clock_ms
             paid[e.key] = max(paid[e.key], period_number(r["period"]))
             contributions[r["region_code"]][0] += 1
             contributions[r["region_code"]][1] += r["amount_idr"]
+            funder_paid[r["region_code"], r["funding_source"], int(r["period"][:4])] += r["amount_idr"]
         elif e.record_name == "Claim":
             if r["program"] == "JKM" and r["status"] == "PAID":
                 dead.add(e.key)  # a paid death benefit ends participation, whenever it arrives
@@ -88,8 +90,12 @@ def expected_regions(events, grace_months: int = 3, scale: float = 1.0, clock_ms
         quota = {}
         for funding in sorted(set(region.quota) | set(used)):
             total = round(region.quota.get(funding, 0) * scale)
+            year, budget = (clock - 1) // 12, total * 16_800 * 12  # the clock's year; a year of the slots
+            protected = cohorts["VULNERABLE_WORKER"]["funders"].get(funding, {}).get("protected", 0)
             quota[funding] = {"total": total, "used": used[funding], "remaining": max(total - used[funding], 0),
-                              "over_quota": max(used[funding] - total, 0)}
+                              "over_quota": max(used[funding] - total, 0), "filled_this_month": protected,
+                              "fiscal_year": year, "paid_idr": funder_paid[code, funding, year], "budget_idr": budget,
+                              "absorption": round(funder_paid[code, funding, year] / budget, 4) if budget else None}
         region_claims = defaultdict(dict)
         for (rc, program, status), (count, amount) in claims.items():
             if rc == code:

@@ -135,6 +135,10 @@ def test_live_page_updates_without_reload_and_matches_the_api(kafka, registry, t
             [r.dataset.cohort, r.dataset.funder, r.cells[2].textContent]);""")
         assert funders == [[c, f, f"{p['protected']:,}"] for c, v in view["cohorts"].items()
                            for f, p in v["funders"].items()] and funders
+        places = browser.execute_script("""return Array.from(document.querySelectorAll('#quota tbody tr')).map(r =>
+            [r.dataset.funder, r.querySelector('.filled').textContent, r.querySelector('.paid').textContent]);""")
+        assert places == [[f, f"{q['filled_this_month']:,}", f"{q['paid_idr']:,}"] for f, q in view["quota"].items()]
+        assert any(q["paid_idr"] for q in view["quota"].values())
         history = browser.execute_script("return document.querySelectorAll('#alert-history tbody tr').length")
         assert history == max(len(view["alert_history"]), 1)
         # the chart has its past on first load: a fresh page draws the evaluated days at once, not one point per
