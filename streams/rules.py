@@ -124,7 +124,9 @@ def apply_event(state: dict | None, kind: str, event: dict) -> tuple[dict, list[
                                "days": turnaround, "at": at})
         if event["program"] == "JKM" and event["status"] == "PAID":
             deltas += _leave(state, "death", at)  # a paid death benefit ends participation, frees the slot
-    if event.get("late") and deltas:  # counted once per event, on its first delta (a move has only an exit)
+    if event.get("late"):  # counted once per event, on its first delta (a move has only an exit)
+        if not deltas:  # an event that changes nothing (a second registration) still arrived late
+            deltas.append({"k": "late", "region": state["r"] or region, "at": at})
         deltas[0]["late"] = 1
     return state, deltas, False
 

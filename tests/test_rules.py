@@ -286,3 +286,11 @@ def test_quota_shows_places_paid_this_month_and_the_budget_absorbed_per_fiscal_y
     assert q["total"] == 77 and q["used"] == 10 and q["filled_this_month"] == 8
     assert q["fiscal_year"] == 2025 and q["paid_idr"] == 28 * 16_800 and q["budget_idr"] == 77 * 16_800 * 12
     assert q["absorption"] == round(28 / (77 * 12), 4)
+
+
+def test_every_late_event_is_counted_once_even_one_that_changes_nothing():
+    first, again = reg(ms(2025, 1)), {**reg(ms(2025, 2)), "late": 1}  # registered twice: the second changes nothing
+    move = {**wage_job(ms(2025, 3)), "late": 1}  # a move: its only delta is an exit
+    paid = {**contrib("2025-01", ms(2025, 1, 20)), "late": 1}  # a pt move and the money: counted once
+    stats = fold([("Registration", first), ("Registration", again), ("Contribution", paid), ("Registration", move)])
+    assert view(stats, ms(2025, 3))["late"]["events"] == 3
