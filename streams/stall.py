@@ -5,7 +5,9 @@ pipeline, see docs/domain.md "Clock and watermarks") passes the start of new day
 00:00 UTC of D" using only events that happened before D, so a replay yields the same alerts at the same event
 times however the partitions interleave. Rules (thresholds in ``StallRules``; reasoning in docs/domain.md):
 
-- NO_REGISTRATIONS: no vulnerable-worker registration for ``no_registration_days`` while quota remains.
+- NO_REGISTRATIONS: no vulnerable-worker registration for ``no_registration_days`` while quota remains and an
+  enrolment tranche of one of the region's funders has been open at least that long (reference data
+  ``enrolment``; a funder without a calendar enrols all the time). Between tranches silence is normal.
 - PACE_BELOW_TARGET: recent registration pace is below the pace needed to fill the remaining quota by the
   programme end (fires below ``pace_fire_ratio`` x needed, resolves above ``pace_resolve_ratio`` x needed).
 - COVERAGE_FALLING: active programme participants fell more than ``coverage_drop_fire`` below the window's peak.
@@ -110,6 +112,18 @@ def record(stats: dict, delta: dict) -> None:
 
 
 # -- evaluation ----------------------------------------------------------------------------------------------------
+def tranche_open_since(region: Region, day: int) -> int | None:
+    """The first day of the enrolment tranche open on ``day`` (the earliest among the region's quota funders with
+    one open), None when every funder's enrolment is closed; a funder without a calendar is always open."""
+    starts = []
+    for funder in region.quota:
+        windows = region.enrolment.get(funder)
+        if windows is None:
+            return -MAX_CATCH_UP_DAYS * 100  # enrols all the time
+        starts += [first for first, last in windows if first <= day <= last]
+    return min(starts) if starts else None
+
+
 def _window(days: dict, day: int, length: int, column: int) -> int:
     return sum(days.get(str(d), (0, 0))[column] for d in range(day - length, day))
 
@@ -188,6 +202,8 @@ def evaluate_day(stats: dict, region: Region, day: int, rules: StallRules, grace
     days = stats["days"]
 
     regs_recent = _window(days, day, rules.no_registration_days, 0)
+    opened = tranche_open_since(region, day)
+    enrolling = opened is not None and day - opened >= rules.no_registration_days
     pace = _window(days, day, rules.pace_window_days, 0) / rules.pace_window_days
     days_left = programme_end_day - day
     needed = remaining / days_left if days_left > 0 else None
@@ -198,8 +214,9 @@ def evaluate_day(stats: dict, region: Region, day: int, rules: StallRules, grace
     peak = max(n for _, n in series)
     drop = 1 - active / peak if peak else 0.0
     checks = {
-        "NO_REGISTRATIONS": (remaining > 0 and regs_recent == 0 and known >= rules.no_registration_days,
-                             remaining == 0 or regs_recent > 0,
+        "NO_REGISTRATIONS": (remaining > 0 and regs_recent == 0 and known >= rules.no_registration_days
+                             and enrolling,
+                             remaining == 0 or regs_recent > 0 or opened is None,
                              {"days_without_registration": str(rules.no_registration_days),
                               "quota_remaining": str(remaining)}),
         "PACE_BELOW_TARGET": (needed is not None and remaining > 0 and known >= rules.pace_window_days

@@ -241,3 +241,26 @@ def test_a_late_event_is_a_correction_not_a_revision_of_evaluated_days():
         later += stall.advance(stats, REGION, (DAY0 + day) * DAY_MS, RULES, 3, SCALE, END_DAY)
     assert [(a["kind"], a["status"], stall.iso_day(a["occurred_at"] // DAY_MS)) for a in later
             if a["kind"] == "NO_REGISTRATIONS"] == [("NO_REGISTRATIONS", "RESOLVED", iso(33))]
+
+
+def test_no_registrations_between_tranches_is_not_a_stall():
+    """The region's only funder enrols from day 0 to day 29 and again from day 60: 30 quiet days in between are
+    normal; a stall inside a tranche still fires once the tranche has been open long enough."""
+    from dataclasses import replace
+    from types import MappingProxyType
+    region = replace(REGION, quota=MappingProxyType({"APBD_PROVINCE": REGION.quota["APBD_PROVINCE"]}),
+                     enrolment=MappingProxyType({"APBD_PROVINCE": ((DAY0, DAY0 + 29), (DAY0 + 60, DAY0 + 400))}))
+    deltas = [reg(d) for d in range(0, 30)] + [reg(d) for d in range(60, 70)] + [contrib(d) for d in range(0, 200, 5)]
+    stats, out = None, []
+    for day in range(130):
+        for d in [d for d in deltas if d["at"] // DAY_MS - DAY0 == day]:
+            stats = rules.apply_delta(stats, d, region, SCALE)
+        stats = rules.apply_delta(stats, {"k": "tick", "at": (DAY0 + day + 1) * DAY_MS, "src": [0, day, 0]},
+                                  region, SCALE)
+        out += [(a["kind"], a["status"], stall.iso_day(a["occurred_at"] // DAY_MS))
+                for a in stall.advance(stats, region, min(stats["wm"].values()), RULES, 3, SCALE, END_DAY)
+                if a["kind"] == "NO_REGISTRATIONS"]
+    # closed on days 30-59: nothing; open again from 60, registrations until 69, none from 70: day 84's window
+    # [70, 83] is empty, and the tranche has been open 14 days by then: fires on day 86
+    assert out == [("NO_REGISTRATIONS", "FIRING", iso(86))]
+    assert stall.tranche_open_since(region, DAY0 + 45) is None and stall.tranche_open_since(REGION, DAY0) < DAY0

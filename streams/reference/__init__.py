@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import functools
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from types import MappingProxyType
 from typing import Mapping
@@ -21,6 +22,9 @@ class Region:
     population: int
     quota: Mapping[str, int]  # funding source -> quota
     target: Mapping[str, int]  # cohort -> target participants
+    # funding source -> the days (since the epoch, inclusive) its enrolment tranches are open; a funder without a
+    # calendar enrols all the time
+    enrolment: Mapping[str, tuple[tuple[int, int], ...]] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def nik_prefix(self) -> str:
@@ -40,17 +44,25 @@ class Reference:
     programme_end: str
 
 
+def _day(iso: str) -> int:
+    """'2025-06-01' -> days since 1970-01-01."""
+    return date.fromisoformat(iso).toordinal() - date(1970, 1, 1).toordinal()
+
+
 @functools.cache
 def reference() -> Reference:
     raw = tomllib.loads(DATA_FILE.read_text())
     regions = {}
     for r in raw["region"]:
-        unknown = (set(r["quota"]) - set(FUNDING_SOURCES)) | (set(r["target"]) - set(COHORTS))
+        funders = set(r["quota"]) | set(r.get("enrolment", {}))
+        unknown = (funders - set(FUNDING_SOURCES)) | (set(r["target"]) - set(COHORTS))
         if unknown:
             raise ValueError(f"{DATA_FILE}: region {r['code']} names unknown keys {sorted(unknown)}")
         regions[r["code"]] = Region(
             code=r["code"], name=r["name"], kind=r["kind"], population=r["population"],
             quota=MappingProxyType(dict(r["quota"])), target=MappingProxyType(dict(r["target"])),
+            enrolment=MappingProxyType({funder: tuple((_day(a), _day(b)) for a, b in windows)
+                                        for funder, windows in r.get("enrolment", {}).items()}),
         )
     return Reference(
         regions=MappingProxyType(regions), province_quota=raw["province_quota"],
