@@ -193,7 +193,7 @@ def new_region() -> dict:
     return {"registered": {}, "hist": {}, "quota_used": {}, "claims": {},
             "contrib": [0, 0], "clock": 0, "last_registration": 0, "applied": {},
             # stall detection (streams/stall.py): low watermark per source partition, evaluation state
-            "wm": {}, "evaluated": None, "first_day": None, "days": {}, "recent": {}, "active_series": [],
+            "wm": {}, "evaluated": None, "first_day": None, "days": {}, "recent": {}, "protected_series": [],
             "alerts": {}, "forecast_fill_day": None,
             # late data (docs/domain.md): events read late at ingest; events of days already evaluated
             "late": 0, "corrections": 0,

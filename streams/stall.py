@@ -10,7 +10,9 @@ times however the partitions interleave. Rules (thresholds in ``StallRules``; re
   ``enrolment``; a funder without a calendar enrols all the time). Between tranches silence is normal.
 - PACE_BELOW_TARGET: recent registration pace is below the pace needed to fill the remaining quota by the
   programme end (fires below ``pace_fire_ratio`` x needed, resolves above ``pace_resolve_ratio`` x needed).
-- COVERAGE_FALLING: active programme participants fell more than ``coverage_drop_fire`` below the window's peak.
+- COVERAGE_FALLING: the protected share — programme members paid for the period due (see CONTRIBUTIONS_STOPPED) —
+  fell more than ``coverage_drop_fire`` (points) below the window's peak. (Until 2026-11-26: members counted
+  with 3 months of arrears, which fell only ~4 months after payments stopped.)
 - CONTRIBUTIONS_STOPPED, per funder of the programme cohorts (not self-payers): at least ``unpaid_fire`` of the
   funder's members have not paid for the period due (the current month from its ``contribution_due_day``, the
   month before until then); resolves below ``unpaid_resolve``. A missed provincial transfer alerts in the month it
@@ -152,13 +154,32 @@ def _as_of(stats: dict, day: int) -> tuple[dict, dict, dict]:
     return hist, registered, fhist
 
 
+def due_period(day: int, rules: "StallRules") -> int:
+    """The period whose contribution is due on ``day``: the current month from its ``contribution_due_day``, the
+    month before until then."""
+    from streams.rules import period_of_ms
+    period = period_of_ms(day * DAY_MS)
+    return period if datetime.fromtimestamp(day * 86_400, tz=timezone.utc).day >= rules.contribution_due_day \
+        else period - 1
+
+
+def protected_for_period_due(hist: dict, day: int, rules: "StallRules", grace_months: int) -> tuple[int, int]:
+    """Programme members (at most ``grace_months`` behind), and those of them paid for the period due."""
+    from streams.rules import period_of_ms
+    period, due, members, paid = period_of_ms(day * DAY_MS), due_period(day, rules), 0, 0
+    for cohort in PROGRAMME:
+        for pt, n in hist.get(cohort, {}).items():
+            if period - int(pt) <= grace_months:
+                members += n
+                paid += n if int(pt) >= due else 0
+    return members, paid
+
+
 def unpaid_by_funder(fhist: dict, day: int, rules: "StallRules", grace_months: int) -> dict[str, tuple[int, int]]:
     """Per funder of the programme cohorts: (members, members unpaid for the period due on ``day``). Due: the
     current month from its ``contribution_due_day``, the month before until then."""
     from streams.rules import period_of_ms
-    period = period_of_ms(day * DAY_MS)
-    due = period if datetime.fromtimestamp(day * 86_400, tz=timezone.utc).day >= rules.contribution_due_day \
-        else period - 1
+    period, due = period_of_ms(day * DAY_MS), due_period(day, rules)
     out: dict[str, list[int]] = {}
     for group, hist in fhist.items():
         cohort, _, funder = group.partition("|")
@@ -192,8 +213,11 @@ def evaluate_day(stats: dict, region: Region, day: int, rules: StallRules, grace
     hist, registered, fhist = _as_of(stats, day)
     period = period_of_ms(day * DAY_MS)
     active = sum(active_count(hist.get(c, {}), period, grace_months) for c in PROGRAMME_COHORTS)
-    series = [p for p in stats["active_series"] if p[0] > day - rules.coverage_window_days] + [[day, active]]
-    stats["active_series"] = series
+    members, paid = protected_for_period_due(hist, day, rules, grace_months)
+    share = paid / members if members else 1.0
+    stats.pop("active_series", None)  # the members series of the rule before 2026-11-26
+    series = [p for p in stats.get("protected_series") or [] if p[0] > day - rules.coverage_window_days]
+    series = stats["protected_series"] = series + [[day, round(share, 4), members]]
     # the coverage chart's history (one point per evaluated day, the last HISTORY_DAYS)
     stats["history"] = (stats.get("history") or [])[-(HISTORY_DAYS - 1):] + [[day, active]]
     known = day - stats["first_day"]  # days of history this region has been evaluated over
@@ -211,8 +235,8 @@ def evaluate_day(stats: dict, region: Region, day: int, rules: StallRules, grace
         stats["forecast_fill_day"] = day  # full
     else:
         stats["forecast_fill_day"] = day + round(remaining / pace) if pace else None  # None: never at this pace
-    peak = max(n for _, n in series)
-    drop = 1 - active / peak if peak else 0.0
+    peak = max(p[1] for p in series)
+    drop = peak - share
     checks = {
         "NO_REGISTRATIONS": (remaining > 0 and regs_recent == 0 and known >= rules.no_registration_days
                              and enrolling,
@@ -226,9 +250,10 @@ def evaluate_day(stats: dict, region: Region, day: int, rules: StallRules, grace
                                "quota_remaining": str(remaining),
                                "forecast_fill_date": iso_day(stats["forecast_fill_day"])
                                if stats["forecast_fill_day"] is not None else "never"}),
-        "COVERAGE_FALLING": (peak >= rules.coverage_min_participants and drop > rules.coverage_drop_fire,
-                             peak < rules.coverage_min_participants or drop < rules.coverage_drop_resolve,
-                             {"active": str(active), "window_peak": str(peak), "drop": f"{drop:.1%}"}),
+        "COVERAGE_FALLING": (members >= rules.coverage_min_participants and drop > rules.coverage_drop_fire,
+                             members < rules.coverage_min_participants or drop < rules.coverage_drop_resolve,
+                             {"members": str(members), "protected_share": f"{share:.1%}",
+                              "window_peak": f"{peak:.1%}", "drop": f"{drop * 100:.1f} points"}),
     }
     by_funder = unpaid_by_funder(fhist, day, rules, grace_months)
     for key, alert in stats["alerts"].items():
@@ -287,7 +312,8 @@ def summary(region: Region, key: str, status: str, details: dict) -> str:
                             f"with {details.get('quota_remaining')} quota places left",
         "PACE_BELOW_TARGET": f"registering {details.get('pace_per_day')}/day, needs {details.get('needed_per_day')}"
                              f"/day to fill the quota in time (forecast {details.get('forecast_fill_date')})",
-        "COVERAGE_FALLING": f"active participants down {details.get('drop')} from the 30-day peak",
+        "COVERAGE_FALLING": f"protected share down {details.get('drop')} from the 30-day peak, to "
+                            f"{details.get('protected_share')} of {details.get('members')} members",
         "CONTRIBUTIONS_STOPPED": f"{details.get('unpaid')} of {details.get('members')} members funded by "
                                  f"{details.get('funder')} unpaid for the month due",
     }[kind]

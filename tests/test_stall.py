@@ -126,20 +126,33 @@ def test_a_funder_too_small_to_judge_does_not_alert():
     assert not [t for t in run(deltas + [contrib(d) for d in range(100)], 100) if t[0] == "CONTRIBUTIONS_STOPPED"]
 
 
-def test_coverage_falling_when_payments_stop_and_participants_lapse():
+def test_coverage_falling_when_payments_stop_fires_in_the_month_they_stop():
     """40 participants register in January 2025 (paid through December 2024) and pay monthly up to 2025-03;
-    then payments stop. April to June are arrears that may still be paid; membership ends when the clock enters
-    2025-07, a fourth unpaid month (BPJS Perdir 22/PERDIR.02/072022)."""
+    then payments stop. April's payment is due by the 20th: from then the protected share (members paid for the
+    period due) is 0, and the rule fires 3 days later — not in July, when the members' arrears would end their
+    membership (the rule before 2026-11-26 watched members and fired then)."""
     deltas = [reg(0, i) for i in range(40)]
     for month, day in ((2025 * 12 + 0, 10), (2025 * 12 + 1, 40), (2025 * 12 + 2, 70)):
         deltas += [pay(day, month - 1, month) for _ in range(40)]
     deltas += [contrib(d) for d in range(0, 260, 3)]  # (others keep paying in: no other rule interferes)
     events = run(sorted(deltas, key=lambda d: d["at"]), 260)
     falling = [t for t in events if t[0] == "COVERAGE_FALLING"]
-    lapse_day = (int(datetime(2025, 7, 1, tzinfo=timezone.utc).timestamp() * 1000) // DAY_MS) - DAY0
-    assert falling[0] == ("COVERAGE_FALLING", "FIRING", iso(lapse_day + 2))
-    # the drop ages out of the 30-day window: "falling" resolves (the lapse itself stays visible in /regions)
+    april_20 = (int(datetime(2025, 4, 20, tzinfo=timezone.utc).timestamp() * 1000) // DAY_MS) - DAY0
+    assert falling[0] == ("COVERAGE_FALLING", "FIRING", iso(april_20 + 2))
+    # the drop ages out of the 30-day window: "falling" resolves (the arrears stay visible in /regions)
     assert falling[1][1] == "RESOLVED" and len(falling) == 2
+
+
+def test_a_month_paid_on_the_10th_is_not_a_fall():
+    """Budget funders pay the month around the 10th: between the 1st and the 10th everyone is "behind" the
+    calendar month, but nothing is due before the 20th, so the protected share does not dip every month."""
+    deltas = [reg(0, i) for i in range(40)]
+    months = [(2025 * 12 + m, datetime(2025, m + 1, 10, tzinfo=timezone.utc)) for m in range(8)]
+    for month, when in months:
+        day = int(when.timestamp() * 1000) // DAY_MS - DAY0
+        deltas += [pay(day, month - 1, month) for _ in range(40)]
+    deltas += [contrib(d) for d in range(0, 260, 3)]
+    assert not [t for t in run(sorted(deltas, key=lambda d: d["at"]), 240) if t[0] == "COVERAGE_FALLING"]
 
 
 def test_pace_below_target_reports_a_forecast_and_resolves_when_the_pace_picks_up():
