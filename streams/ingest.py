@@ -12,7 +12,7 @@ import collections
 import logging
 import time
 
-from streams import demography, privacy, validation
+from streams import demography, occupation, privacy, validation
 from streams.clock import DAY_MS, PartitionClock
 from streams.faust_fixes import routed_by
 from streams.metrics import DEAD_LETTERS, EVENT_LAG, EVENTS, LATE_EVENTS
@@ -86,8 +86,9 @@ def _agent(topo, source, topic_name: str, record_name: str, lateness_ms: int) ->
                 at = record["occurred_at"]
                 seen = clock.observe(message.offset, at, lateness_ms)
                 nik = record.pop("nik")
-                if record_name == "Registration":  # coarse attributes only; the NIK goes no further
-                    record["demo"] = list(demography.from_nik(nik, record["region_code"], at))
+                if record_name == "Registration":  # coarse attributes only; the NIK and free text go no further
+                    record["demo"] = [*demography.from_nik(nik, record["region_code"], at),
+                                      occupation.normalise(record.pop("occupation"))]
                 pkey = participant_key(nik, topo.pseudonym_key)
                 privacy.scrub_record(record_name, record, "record")
                 record.update(kind=record_name, topic=topic_name, key=pkey)

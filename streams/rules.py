@@ -22,7 +22,7 @@ COHORTS = ("VULNERABLE_WORKER", "NON_CIVIL_SERVANT", "GENERAL")
 # Exit reasons, strongest first: a later-known stronger reason replaces a weaker one (arrival order across topics
 # is not defined; the outcome must not depend on it)
 EXIT_REASONS = ("death", "wage_employment")
-NO_DEMOGRAPHY = [demography.UNKNOWN] * 3
+NO_DEMOGRAPHY = [demography.UNKNOWN] * 4
 COUNTED = ("reg", "contrib", "claim")  # the deltas of applied events whose day may be a correction
 
 
@@ -55,7 +55,8 @@ def period_str(index: int) -> str:
 def new_participant() -> dict:
     # reg: registered · r: region · c: cohort · f: funding source · s: segment · p: programmes ·
     # pt: paid-through period index · seen: recent event-id hashes · x: why it left (absent: still a member) ·
-    # dm: [district, age band, sex] read from the NIK at ingest (streams/demography.py), nothing finer.
+    # dm: [district, age band, sex] read from the NIK at ingest (streams/demography.py), nothing finer, and the
+    # occupation's code (streams/occupation.py).
     # Active/lapsed follows from pt and the clock.
     return {"reg": False, "r": None, "c": None, "f": None, "s": None, "p": [], "pt": None, "seen": []}
 
@@ -277,7 +278,7 @@ def apply_delta_in_place(stats: dict, delta: dict, region: Region, target_scale:
             _inc(stats["quota_used"], delta["funding"], -1)
 
 
-BREAKDOWNS = ("district", "age_band", "sex")
+BREAKDOWNS = ("district", "age_band", "sex", "occupation")
 
 
 def _funder_hist(stats: dict, delta: dict) -> dict:
@@ -390,7 +391,7 @@ def history_view(region: Region, stats: dict | None, target_scale: float) -> lis
 
 
 def breakdown(stats: dict) -> dict:
-    """Members per cohort by district, age band and sex, with cells under ``demography.MIN_CELL`` people shown as
+    """Members per cohort by district, age band, sex and occupation code, with cells under ``demography.MIN_CELL`` people shown as
     None (streams/demography.py ``suppressed``)."""
     people = stats.get("people", {})
     return {cohort: {dimension: demography.suppressed(people.get(cohort, {}).get(dimension, {}))

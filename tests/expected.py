@@ -6,6 +6,7 @@ import math
 from collections import defaultdict
 from datetime import datetime, timezone
 
+from streams.occupation import normalise  # a code list: reference data, not a rule
 from streams.reference import regions
 
 
@@ -38,7 +39,8 @@ def expected_regions(events, grace_months: int = 3, scale: float = 1.0, clock_ms
         if e.record_name == "Registration" and e.key not in people:
             people[e.key] = {"region": r["region_code"], "cohort": r["cohort"], "funding": r["funding_source"],
                              "registered_in": month_number(r["occurred_at"]),
-                             "cells": nik_cells(r["nik"], r["region_code"], r["occurred_at"])}
+                             "cells": (*nik_cells(r["nik"], r["region_code"], r["occurred_at"]),
+                                       normalise(r["occupation"]))}
         elif e.record_name == "Registration" and people[e.key]["cohort"] == "VULNERABLE_WORKER" \
                 and r["segment"] == "PU":
             moved.add(e.key)
@@ -75,7 +77,7 @@ def expected_regions(events, grace_months: int = 3, scale: float = 1.0, clock_ms
                 if k in dead or k in moved:
                     exited["death" if k in dead else "wage_employment"] += 1  # death wins
             breakdowns[cohort] = {dimension: small_cells_hidden([p["cells"][i] for _, p in members])
-                                  for i, dimension in enumerate(("district", "age_band", "sex"))}
+                                  for i, dimension in enumerate(("district", "age_band", "sex", "occupation"))}
             cohorts[cohort] = {"registered": len(registered), "exited": dict(sorted(exited.items())),
                                "active": sum(1 for b in behind if b <= grace_months),
                                "protected": sum(1 for b in behind if b <= 0),

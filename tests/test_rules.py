@@ -249,7 +249,8 @@ def test_members_broken_down_by_district_age_and_sex_with_small_cells_hidden():
     shown = view(fold(events + gone), ms(2025, 2))["breakdown"]["VULNERABLE_WORKER"]
     assert shown["district"] == {"64.72.01": None, "64.72.03": None}  # one hidden of two: both
     assert view(fold([("Registration", reg(ms(2025, 1)))]), ms(2025, 1))["breakdown"]["VULNERABLE_WORKER"] == {
-        "district": {"unknown": None}, "age_band": {"unknown": None}, "sex": {"unknown": None}}
+        "district": {"unknown": None}, "age_band": {"unknown": None}, "sex": {"unknown": None},
+        "occupation": {"unknown": None}}
 
 
 def test_contributions_read_before_the_registration_move_it_when_they_happened():

@@ -22,6 +22,7 @@ from sinks.warehouse.models import BREAKDOWN_VIEWS
 from streams.config import DEV_PSEUDONYM_KEY, PROJECT_ROOT, Settings
 from streams.simulator import Scenario
 from tests.conftest import unique
+from streams.occupation import normalise
 from tests.expected import nik_cells, small_cells_hidden
 from tests.helpers import committed_offsets, niks_in, read_all
 from tests.test_topology import publish, wait_exact
@@ -349,7 +350,8 @@ def test_analyst_queries_run_on_both_databases(published, warehouse_url, tmp_pat
     for e in events:
         if e.expect == "processed" and e.record_name == "Registration":
             r = e.record
-            people[r["region_code"], r["cohort"]][e.key] = nik_cells(e.key, r["region_code"], r["occurred_at"])
+            people[r["region_code"], r["cohort"]][e.key] = (*nik_cells(e.key, r["region_code"], r["occurred_at"]),
+                                                             normalise(r["occupation"]))
     for i, column in enumerate(BREAKDOWN_VIEWS.values()):
         want = {(region, cohort, cell): n for (region, cohort), niks in people.items()
                 for cell, n in small_cells_hidden([c[i] for c in niks.values()]).items()}

@@ -57,13 +57,14 @@ fact_registration = _fact(
     "fact_registration",
     Column("segment", String(8), nullable=False),
     Column("cohort", String(20), nullable=False),
-    Column("occupation", String(200), nullable=False),
+    Column("occupation", String(200)),  # free text, NULL since 0002 (may hold anything: occupation_code instead)
     Column("funding_source", String(16), nullable=False),
     Column("programs", String(40), nullable=False),  # e.g. "JKK,JKM"
     # read from the NIK before it is pseudonymised (streams/demography.py); NULL in rows loaded before 0002
     Column("district", String(8)),  # e.g. "64.72.05", or "unknown"
     Column("age_band", String(8)),  # at registration: <25, 25-34, 35-44, 45-54, 55+, unknown
     Column("sex", String(8)),  # female | male | unknown
+    Column("occupation_code", String(24)),  # streams/occupation.py; NULL in rows loaded before 0002
 )
 
 fact_contribution = _fact(
@@ -127,7 +128,7 @@ PROGRAM_NAMES = {
 # NULL, and when that hides exactly one cell of a region and cohort, the next smallest too (docs/domain.md "Breakdowns
 # and small cells"; the same rule as streams/demography.py ``suppressed``). Plain SQL that SQLite and PostgreSQL share.
 BREAKDOWN_VIEWS = {"registered_by_district": "district", "registered_by_age_band": "age_band",
-                   "registered_by_sex": "sex"}
+                   "registered_by_sex": "sex", "registered_by_occupation": "occupation_code"}
 
 
 def breakdown_view_sql(column: str) -> str:

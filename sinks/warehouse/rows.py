@@ -5,6 +5,7 @@ import json
 from datetime import datetime, timezone
 
 from streams.demography import from_nik
+from streams.occupation import normalise
 from streams.privacy import scrubbed
 from streams.rules import participant_key
 
@@ -23,7 +24,8 @@ def fact_row(record_name: str, record: dict, key: bytes, source: tuple[str, int,
     if record_name == "Registration":
         district, age_band, sex = from_nik(record["nik"], record["region_code"], record["occurred_at"])
         row.update(segment=record["segment"], cohort=record["cohort"],
-                   occupation=scrubbed(record["occupation"], "record"), funding_source=record["funding_source"],
+                   occupation=None, occupation_code=normalise(record["occupation"]),  # no free text
+                   funding_source=record["funding_source"],
                    programs=",".join(record["programs"]), district=district, age_band=age_band, sex=sex)
     elif record_name == "Contribution":
         row.update(period=record["period"], amount_idr=record["amount_idr"], funding_source=record["funding_source"])
