@@ -66,7 +66,8 @@ def register(topo) -> None:
             if not await in_order.admit(event):  # deltas of a source partition must arrive in its order
                 continue
             code = event.key
-            applied = apply_message(topo.regions.get(code), event.value["deltas"], ref.regions[code], settings,
+            region = reference().regions[code]  # re-read when its file changed (a quota change, APBD-P)
+            applied = apply_message(topo.regions.get(code), event.value["deltas"], region, settings,
                                     settings.topic_partitions, end_day)
             if applied.stats is None:
                 continue  # all replayed

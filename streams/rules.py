@@ -339,8 +339,9 @@ def region_view(region: Region, stats: dict | None, clock_ms: int, grace_months:
     active = sum(cohorts[c]["active"] for c in PROGRAMME_COHORTS)
     target = sum(cohorts[c]["target"] for c in PROGRAMME_COHORTS)
     quota, fiscal_year = {}, clock_period // 12 if clock_ms else None
-    for funding in sorted(set(region.quota) | set(stats["quota_used"])):
-        total = round(region.quota.get(funding, 0) * target_scale)
+    in_force = region.quota_at(clock_period) if clock_ms else dict(region.quota)  # effective-dated (APBD-P)
+    for funding in sorted(set(in_force) | set(stats["quota_used"])):
+        total = round(in_force.get(funding, 0) * target_scale)
         used = stats["quota_used"].get(funding, 0)
         paid = (stats.get("paid") or {}).get(f"{fiscal_year}|{funding}", 0)
         budget = total * MONTHLY_FEE_IDR * 12  # the slots for a year: how PPU's budget line is computed

@@ -221,7 +221,7 @@ def evaluate_day(stats: dict, region: Region, day: int, rules: StallRules, grace
     # the coverage chart's history (one point per evaluated day, the last HISTORY_DAYS)
     stats["history"] = (stats.get("history") or [])[-(HISTORY_DAYS - 1):] + [[day, active]]
     known = day - stats["first_day"]  # days of history this region has been evaluated over
-    quota = sum(round(q * scale) for q in region.quota.values())
+    quota = sum(round(q * scale) for q in region.quota_at(period).values())  # in force that day
     remaining = max(quota - registered.get("VULNERABLE_WORKER", 0), 0)
     days = stats["days"]
 

@@ -90,8 +90,12 @@ def expected_regions(events, grace_months: int = 3, scale: float = 1.0, clock_ms
             if p["region"] == code and p["cohort"] == "VULNERABLE_WORKER" and key not in dead | moved:
                 used[p["funding"]] += 1  # a slot held now: the dead free theirs
         quota = {}
-        for funding in sorted(set(region.quota) | set(used)):
-            total = round(region.quota.get(funding, 0) * scale)
+        in_force = dict(region.quota)  # the places in force at the clock: the dated changes up to its month
+        for first, funder, places in region.quota_changes:
+            if first < clock:  # ``first``: months since year 0 from 0, ``clock`` from 1
+                in_force[funder] = places
+        for funding in sorted(set(in_force) | set(used)):
+            total = round(in_force.get(funding, 0) * scale)
             year, budget = (clock - 1) // 12, total * 16_800 * 12  # the clock's year; a year of the slots
             protected = cohorts["VULNERABLE_WORKER"]["funders"].get(funding, {}).get("protected", 0)
             quota[funding] = {"total": total, "used": used[funding], "remaining": max(total - used[funding], 0),

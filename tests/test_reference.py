@@ -1,4 +1,7 @@
 """Reference data agrees with the programme's published figures (docs/domain.md)."""
+import os
+import time
+
 from streams.reference import REGION_CODES, reference
 
 KEMENDAGRI = {"64.01": "Paser", "64.02": "Kutai Kartanegara", "64.03": "Berau", "64.07": "Kutai Barat",
@@ -30,3 +33,35 @@ def test_top_ups_and_targets():
     for r in regions.values():
         assert r.target["VULNERABLE_WORKER"] == sum(r.quota.values())
         assert r.target["NON_CIVIL_SERVANT"] > 0
+
+
+def test_quotas_are_effective_dated():
+    from streams.reference import reference
+    ppu = reference().regions["64.09"]
+    assert ppu.quota_at(2025 * 12 + 8)["APBD_REGENCY"] == 17_500  # September 2025
+    assert ppu.quota_at(2025 * 12 + 9)["APBD_REGENCY"] == 17_500 + 5_084  # APBD-P, from October 2025
+
+
+def test_a_changed_reference_file_is_applied_without_a_restart_and_a_broken_one_is_refused(tmp_path, monkeypatch):
+    import streams.reference as ref
+    path = tmp_path / "regions.toml"
+    original = ref.DATA_FILE.read_text()
+    path.write_text(original)
+    monkeypatch.setenv("REFERENCE_FILE", str(path))
+    monkeypatch.setattr(ref, "RELOAD_CHECK_SECONDS", 0.0)
+    ref.forget()
+    try:
+        assert ref.reference().regions["64.72"].quota_changes == ()
+        samarinda_target = "target = { VULNERABLE_WORKER = 32000, NON_CIVIL_SERVANT = 11632 }\n"
+        path.write_text(original.replace(samarinda_target, samarinda_target + '[[region.quota_change]]\n'
+                                         'funder = "APBD_REGENCY"\nfrom = "2026-01"\nplaces = 21000\n', 1))
+        os.utime(path, ns=(time.time_ns(), time.time_ns() + 1_000_000_000))
+        samarinda = ref.reference().regions["64.72"]
+        assert samarinda.quota_at(2026 * 12)["APBD_REGENCY"] == 21_000
+        path.write_text("this is not TOML [")  # a broken edit: the last good version stays
+        os.utime(path, ns=(time.time_ns(), time.time_ns() + 2_000_000_000))
+        assert ref.reference().regions["64.72"] is samarinda
+    finally:
+        monkeypatch.undo()
+        ref.forget()
+    assert ref.reference().regions["64.72"].quota_changes == ()

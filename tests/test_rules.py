@@ -295,3 +295,16 @@ def test_every_late_event_is_counted_once_even_one_that_changes_nothing():
     paid = {**contrib("2025-01", ms(2025, 1, 20)), "late": 1}  # a pt move and the money: counted once
     stats = fold([("Registration", first), ("Registration", again), ("Contribution", paid), ("Registration", move)])
     assert view(stats, ms(2025, 3))["late"]["events"] == 3
+
+
+def test_the_quota_shown_is_the_one_in_force_at_the_clock():
+    ppu = regions()["64.09"]
+    stats = None
+    for i in range(3):
+        state, deltas, _ = rules.apply_event(None, "Registration", {**reg(ms(2025, 2)), "region_code": "64.09",
+                                                                    "funding_source": "APBD_REGENCY"})
+        for d in deltas:
+            stats = rules.apply_delta(stats, d, ppu, 1.0)
+    quota = lambda clock: rules.region_view(ppu, stats, clock, 3, 1.0)["quota"]["APBD_REGENCY"]
+    assert quota(ms(2025, 9))["total"] == 17_500 and quota(ms(2025, 10))["total"] == 22_584  # APBD-P
+    assert quota(ms(2025, 10))["remaining"] == 22_581 and quota(ms(2025, 10))["budget_idr"] == 22_584 * 16_800 * 12

@@ -240,6 +240,33 @@ def test_restart_recovers_identical_tables_from_changelogs(kafka, registry, tmp_
         worker.stop()
 
 
+def test_a_quota_change_in_the_reference_file_reaches_regions_without_a_restart(kafka, registry, tmp_path):
+    """An APBD-P revision is a dated entry added to the reference file; the running worker shows the quota in
+    force at the stream's clock within seconds, and a redeploy is not needed."""
+    from streams.reference import DATA_FILE
+    settings = Settings(kafka_bootstrap_servers=kafka.bootstrap, schema_registry_url=registry.url,
+                        topic_prefix=unique() + ".", topic_partitions=1, state_dir=tmp_path / "state",
+                        app_id=unique("app-"), target_scale=SCALE)
+    events = list(Scenario.load(scale=SCALE).events(2))
+    publish(settings, events)
+    path = tmp_path / "regions.toml"
+    path.write_text(DATA_FILE.read_text())
+    worker = Worker(settings, tmp_path / "worker.log", REFERENCE_FILE=str(path))
+    try:
+        worker.start()
+        wait_exact(worker, events)
+        total = lambda: worker.regions()["64.72"]["quota"]["APBD_REGENCY"]["total"]
+        assert total() == round(19_000 * SCALE)
+        # Samarinda's city budget is revised to 21,000 places from January 2025 (inside the stream's months)
+        target = "target = { VULNERABLE_WORKER = 32000, NON_CIVIL_SERVANT = 11632 }\n"
+        path.write_text(DATA_FILE.read_text().replace(target, target + '[[region.quota_change]]\n'
+                                                      'funder = "APBD_REGENCY"\nfrom = "2025-01"\nplaces = 21000\n'))
+        worker.wait(lambda: total() == round(21_000 * SCALE), 30, "the revised quota in /regions")
+        assert worker.regions()["64.72"]["quota"]["APBD_REGENCY"]["budget_idr"] == round(21_000 * SCALE) * 16_800 * 12
+    finally:
+        worker.stop()
+
+
 def test_two_workers_split_the_work_and_both_answer_for_every_region(kafka, registry, tmp_path):
     """Two workers in one group: partitions are shared between them, yet either one's /regions shows all 10
     regions with exact totals (every worker follows the region changelog: streams/read_model.py)."""
