@@ -56,7 +56,8 @@ def participant(value: dict, state) -> list[dict]:
     elif kind == "Claim":
         out.append({"k": "claim", "region": value["region_code"], "program": value["program"],
                     "status": value["status"], "amount": value["amount_idr"], "at": at})
-        if value["program"] == "JKM" and value["status"] == "PAID" and not p.get("dead"):
+        death = value["program"] == "JKM" or (value["program"] == "JKK" and value.get("death"))
+        if value["status"] == "PAID" and death and not p.get("dead"):
             p["dead"] = True  # a paid death benefit ends participation (as ours: docs/domain.md)
             if p["reg"] and not p.get("moved"):
                 out.append({"k": "exit", "region": p["region"], "cohort": p["cohort"],

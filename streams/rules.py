@@ -123,7 +123,8 @@ def apply_event(state: dict | None, kind: str, event: dict) -> tuple[dict, list[
             if turnaround is not None:
                 deltas.append({"k": "turnaround", "region": region, "program": event["program"],
                                "days": turnaround, "at": at})
-        if event["program"] == "JKM" and event["status"] == "PAID":
+        death = event["program"] == "JKM" or (event["program"] == "JKK" and event.get("death"))
+        if death and event["status"] == "PAID":
             deltas += _leave(state, "death", at)  # a paid death benefit ends participation, frees the slot
     if event.get("late"):  # counted once per event, on its first delta (a move has only an exit)
         if not deltas:  # an event that changes nothing (a second registration) still arrived late
@@ -392,8 +393,8 @@ def history_view(region: Region, stats: dict | None, target_scale: float) -> lis
 
 
 def breakdown(stats: dict) -> dict:
-    """Members per cohort by district, age band, sex and occupation code, with cells under ``demography.MIN_CELL`` people shown as
-    None (streams/demography.py ``suppressed``)."""
+    """Members per cohort by district, age band, sex and occupation code, with cells under
+    ``demography.MIN_CELL`` people shown as None (streams/demography.py ``suppressed``)."""
     people = stats.get("people", {})
     return {cohort: {dimension: demography.suppressed(people.get(cohort, {}).get(dimension, {}))
                      for dimension in BREAKDOWNS} for cohort in COHORTS}

@@ -269,7 +269,8 @@ def evaluate_day(stats: dict, region: Region, day: int, rules: StallRules, grace
             continue  # too few to judge, and nothing to resolve
         checks[key] = (members >= rules.funder_min_members and share >= rules.unpaid_fire,
                        members < rules.funder_min_members or share < rules.unpaid_resolve,
-                       {"funder": funder, "members": str(members), "unpaid": str(unpaid), "unpaid_share": f"{share:.0%}"})
+                       {"funder": funder, "members": str(members), "unpaid": str(unpaid),
+                        "unpaid_share": f"{share:.0%}"})
     transitions = []
     for kind, (cond, clear, details) in checks.items():
         alert, change = _step(stats["alerts"].get(kind), cond, clear, day, rules.for_days)

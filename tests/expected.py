@@ -50,7 +50,7 @@ def expected_regions(events, grace_months: int = 3, scale: float = 1.0, clock_ms
             contributions[r["region_code"]][1] += r["amount_idr"]
             funder_paid[r["region_code"], r["funding_source"], int(r["period"][:4])] += r["amount_idr"]
         elif e.record_name == "Claim":
-            if r["program"] == "JKM" and r["status"] == "PAID":
+            if r["status"] == "PAID" and (r["program"] == "JKM" or (r["program"] == "JKK" and r.get("death"))):
                 dead.add(e.key)  # a paid death benefit ends participation, whenever it arrives
             c = claims[(r["region_code"], r["program"], r["status"])]
             c[0] += 1

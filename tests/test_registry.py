@@ -106,6 +106,22 @@ def test_the_returned_claim_status_is_a_backward_compatible_evolution(settings, 
         old_reader.decode(returned, "Claim")
 
 
+def test_the_jkk_death_flag_is_an_optional_field_both_ways(settings, registry):
+    """Claim gained ``death`` (a JKK work-accident death benefit), optional with a null default: registered over
+    the previous version, old records read as not stated, and a reader on the old version skips the field."""
+    previous = copy.deepcopy(contract_schemas()["Claim"])
+    previous["fields"] = [f for f in previous["fields"] if f["name"] != "death"]
+    topic = settings.topics.claims
+    old_reader, current = AvroSerde(registry.url, schemas={"Claim": previous}), AvroSerde(registry.url)
+    claim = {"event_id": str(uuid.uuid4()), "occurred_at": 1_750_000_000_000, "nik": "6402010101900001",
+             "region_code": "64.02", "program": "JKK", "amount_idr": 48_000_000, "status": "PAID",
+             "claim_id": "KLM-9"}
+    old = old_reader.encode(topic, "Claim", claim)
+    new = current.encode(topic, "Claim", {**claim, "death": True})
+    assert current.decode(old, "Claim")["death"] is None and current.decode(new, "Claim")["death"] is True
+    assert "death" not in old_reader.decode(new, "Claim")
+
+
 def with_funders(schema: dict, symbols: list[str], default: str | None) -> dict:
     """``schema`` with its FundingSource enum replaced (``default``: the reader's symbol for unknown ones)."""
     schema = copy.deepcopy(schema)

@@ -257,7 +257,8 @@ def test_contributions_read_before_the_registration_move_it_when_they_happened()
     """Registrations and contributions come from different topics: which is read first is not defined. The
     region's deltas — and so the stall rules' as-of figures — must not depend on it."""
     registration = ("Registration", reg(ms(2025, 1, 10)))
-    paid = [("Contribution", contrib("2025-01", ms(2025, 1, 14))), ("Contribution", contrib("2025-02", ms(2025, 2, 12)))]
+    paid = [("Contribution", contrib("2025-01", ms(2025, 1, 14))),
+            ("Contribution", contrib("2025-02", ms(2025, 2, 12)))]
     prepaid = ("Contribution", contrib("2025-03", ms(2025, 1, 2)))  # paid ahead, before registering
 
     def deltas(events):
@@ -308,3 +309,12 @@ def test_the_quota_shown_is_the_one_in_force_at_the_clock():
     quota = lambda clock: rules.region_view(ppu, stats, clock, 3, 1.0)["quota"]["APBD_REGENCY"]
     assert quota(ms(2025, 9))["total"] == 17_500 and quota(ms(2025, 10))["total"] == 22_584  # APBD-P
     assert quota(ms(2025, 10))["remaining"] == 22_581 and quota(ms(2025, 10))["budget_idr"] == 22_584 * 16_800 * 12
+
+
+def test_a_paid_jkk_death_benefit_is_an_exit_and_other_jkk_claims_are_not():
+    base = [("Registration", reg(ms(2025, 1)))]
+    jkk = lambda status, **extra: {**jkm(status, ms(2025, 2)), "program": "JKK", "amount_idr": 48_000_000, **extra}
+    exited = lambda events: view(fold(base + events), ms(2025, 2))["cohorts"]["VULNERABLE_WORKER"]["exited"]
+    assert exited([("Claim", jkk("PAID", death=True))]) == {"death": 1}
+    assert exited([("Claim", jkk("PAID", death=False)), ("Claim", jkk("PAID"))]) == {}  # not stated: not a death
+    assert exited([("Claim", jkk("APPROVED", death=True))]) == {}  # approved is not paid

@@ -188,3 +188,15 @@ def test_published_stream_decodes_to_the_ground_truth(settings, serde):
     assert sum(v for k, v in seen.items() if k[1] == "dead_letter") == sum(v for k, v in truth.items() if k[1] == "dead_letter")
     assert {k: v for k, v in seen.items() if k[1] == "dead_letter"} == {k: v for k, v in truth.items() if k[1] == "dead_letter"}
     assert sum(seen.values()) == sum(truth.values())
+
+
+def test_work_accident_deaths_are_flagged_and_end_the_worker_events():
+    sc = Scenario.load(jkk_death_share=0.5)
+    events = list(sc.events(6))
+    deaths = [e for e in events if e.record_name == "Claim" and e.record.get("death")]
+    paid = [e for e in deaths if e.record["status"] == "PAID"]
+    assert paid and all(e.record["program"] == "JKK" for e in deaths)
+    assert all(e.record["amount_idr"] >= 48_000_000 for e in deaths)  # 48 x the wage, Rp1 M floor
+    for e in paid:  # no payment after the death benefit's month
+        assert not [x for x in events if x.key == e.key and x.record_name == "Contribution"
+                    and x.occurred_at > e.occurred_at + 40 * 86_400_000]

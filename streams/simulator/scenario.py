@@ -106,6 +106,7 @@ class Scenario:
     duplicate_share: float = 0.0
     byte_faults: bool = True
     wage_move_monthly: float = 0.0  # monthly probability that a vulnerable worker takes a wage job (PU)
+    jkk_death_share: float = 0.0  # share of paid JKK claims that are the work-accident death benefit
     _regions: dict[str, Region] = field(default_factory=lambda: dict(regions()), repr=False)
 
     @classmethod
@@ -120,7 +121,8 @@ class Scenario:
         scenario = cls(
             seed=raw["seed"], start=raw["start"], months=raw["months"], scale=raw["scale"], plans=plans,
             lapse=dict(raw["lapse"]), resume_monthly=resume["monthly"], arrears_months=resume["arrears_months"],
-            rejected_share=claims.pop("rejected_share"), claim_rates=claims,
+            rejected_share=claims.pop("rejected_share"), jkk_death_share=claims.pop("jkk_death_share", 0.0),
+            claim_rates=claims,
             general_per_100k=raw["general"]["per_100k_population"],
             wage_move_monthly=raw.get("moves", {}).get("wage_employment_monthly", 0.0),
         )
@@ -140,6 +142,7 @@ class _Generator:
         self.sc = sc
         self.rng = random.Random(sc.seed)
         self.move_rng = random.Random(sc.seed + 1)  # moves drawn apart: a scenario without them is unchanged
+        self.death_rng = random.Random(sc.seed + 2)  # work-accident deaths too
         self.people: dict[str, list[Person]] = {code: [] for code in sorted(sc._regions)}
         self.niks: set[str] = set()
         self.quota_used: dict[tuple[str, str], int] = {}
@@ -227,19 +230,23 @@ class _Generator:
             "JHT": min(int(rng.lognormvariate(math.log(10_000_000), 0.9)), 300_000_000),
             "JP": min(int(rng.lognormvariate(math.log(4_000_000), 0.6)), 60_000_000),
         }[program] // 1000 * 1000
-        claim_id, at = self.uuid(), self.when(month)
+        claim_id, at, death = self.uuid(), self.when(month), False
         steps = [("SUBMITTED", at)]
         if rng.random() < self.sc.rejected_share:
             steps.append(("REJECTED", at + rng.randint(2, 10) * DAY_MS))
         else:
             approved = at + rng.randint(1, 7) * DAY_MS
             steps += [("APPROVED", approved), ("PAID", approved + rng.randint(1, 7) * DAY_MS)]
-            if program == "JKM":
+            if program == "JKK" and self.sc.jkk_death_share and self.death_rng.random() < self.sc.jkk_death_share:
+                death = True  # the work-accident death benefit: 48 x the declared wage (Rp1 M floor for BPU)
+                amount = 48 * max(person.income, 1_000_000)
+            if program == "JKM" or death:
                 person.dead, person.paying = True, False
         for status, when in steps:
             self.emit(SimEvent("Claim", person.nik, {
                 "event_id": self.uuid(), "occurred_at": when, "nik": person.nik, "region_code": person.region,
                 "program": program, "amount_idr": amount, "status": status, "claim_id": claim_id,
+                **({"death": True} if death else {}),
             }))
 
     def move_to_wage_employment(self, person: Person, month: int) -> None:
