@@ -107,6 +107,7 @@ class Scenario:
     byte_faults: bool = True
     wage_move_monthly: float = 0.0  # monthly probability that a vulnerable worker takes a wage job (PU)
     jkk_death_share: float = 0.0  # share of paid JKK claims that are the work-accident death benefit
+    returned_share: float = 0.0  # share of claims sent back once for missing documents
     _regions: dict[str, Region] = field(default_factory=lambda: dict(regions()), repr=False)
 
     @classmethod
@@ -122,6 +123,7 @@ class Scenario:
             seed=raw["seed"], start=raw["start"], months=raw["months"], scale=raw["scale"], plans=plans,
             lapse=dict(raw["lapse"]), resume_monthly=resume["monthly"], arrears_months=resume["arrears_months"],
             rejected_share=claims.pop("rejected_share"), jkk_death_share=claims.pop("jkk_death_share", 0.0),
+            returned_share=claims.pop("returned_share", 0.0),
             claim_rates=claims,
             general_per_100k=raw["general"]["per_100k_population"],
             wage_move_monthly=raw.get("moves", {}).get("wage_employment_monthly", 0.0),
@@ -235,6 +237,11 @@ class _Generator:
         if rng.random() < self.sc.rejected_share:
             steps.append(("REJECTED", at + rng.randint(2, 10) * DAY_MS))
         else:
+            if self.sc.returned_share and self.death_rng.random() < self.sc.returned_share:
+                # sent back for missing documents, resubmitted a few days later (turnaround runs from the first)
+                returned = at + self.death_rng.randint(1, 5) * DAY_MS
+                at = returned + self.death_rng.randint(2, 10) * DAY_MS
+                steps += [("RETURNED", returned), ("SUBMITTED", at)]
             approved = at + rng.randint(1, 7) * DAY_MS
             steps += [("APPROVED", approved), ("PAID", approved + rng.randint(1, 7) * DAY_MS)]
             if program == "JKK" and self.sc.jkk_death_share and self.death_rng.random() < self.sc.jkk_death_share:
