@@ -321,13 +321,22 @@ def region_view(region: Region, stats: dict | None, clock_ms: int, grace_months:
     """What /regions shows for one region at the stream clock ``clock_ms``."""
     stats = stats or new_region()
     clock_period = period_of_ms(clock_ms) if clock_ms else 0
+    in_force = region.quota_at(clock_period) if clock_ms else dict(region.quota)  # effective-dated (APBD-P)
+    ended = not_renewed(region, in_force)
+    fhist = stats.get("fhist") or {}
     cohorts = {}
     for cohort in ("VULNERABLE_WORKER", "NON_CIVIL_SERVANT", "GENERAL"):
         registered = stats["registered"].get(cohort, 0)
-        hist = stats["hist"].get(cohort, {})
+        hist = dict(stats["hist"].get(cohort, {}))
+        exited = dict(stats.get("exited", {}).get(cohort, {}))
+        if cohort == "VULNERABLE_WORKER":  # the members of a budget not renewed have left the programme
+            for funder in ended:
+                for pt, n in fhist.get(f"{cohort}|{funder}", {}).items():
+                    hist[pt] = hist.get(pt, 0) - n
+                    exited["budget_ended"] = exited.get("budget_ended", 0) + n
+            exited = {reason: n for reason, n in sorted(exited.items()) if n}
         active = active_count(hist, clock_period, grace_months) if clock_ms else registered
         target = round(region.target.get(cohort, 0) * target_scale)
-        exited = dict(sorted(stats.get("exited", {}).get(cohort, {}).items()))
         cohorts[cohort] = {"registered": registered, "active": active,
                            "lapsed": registered - active - sum(exited.values()), "exited": exited,
                            "target": target, "coverage_ratio": round(active / target, 4) if target else None,
@@ -335,15 +344,15 @@ def region_view(region: Region, stats: dict | None, clock_ms: int, grace_months:
                               {"protected": 0, "in_arrears": {}, "ended": 0}),
                            # the same per funder: whose money is missing, a provincial transfer or an employer's
                            "funders": {group.partition("|")[2]: protection(h, clock_period, grace_months)
-                                       for group, h in sorted((stats.get("fhist") or {}).items())
-                                       if group.partition("|")[0] == cohort and clock_ms and any(h.values())}}
+                                       for group, h in sorted(fhist.items())
+                                       if group.partition("|")[0] == cohort and clock_ms and any(h.values())
+                                       and not (cohort == "VULNERABLE_WORKER" and group.partition("|")[2] in ended)}}
     active = sum(cohorts[c]["active"] for c in PROGRAMME_COHORTS)
     target = sum(cohorts[c]["target"] for c in PROGRAMME_COHORTS)
     quota, fiscal_year = {}, clock_period // 12 if clock_ms else None
-    in_force = region.quota_at(clock_period) if clock_ms else dict(region.quota)  # effective-dated (APBD-P)
     for funding in sorted(set(in_force) | set(stats["quota_used"])):
         total = round(in_force.get(funding, 0) * target_scale)
-        used = stats["quota_used"].get(funding, 0)
+        used = 0 if funding in ended else stats["quota_used"].get(funding, 0)
         paid = (stats.get("paid") or {}).get(f"{fiscal_year}|{funding}", 0)
         budget = total * MONTHLY_FEE_IDR * 12  # the slots for a year: how PPU's budget line is computed
         funded = cohorts["VULNERABLE_WORKER"]["funders"].get(funding)
@@ -382,6 +391,13 @@ def region_view(region: Region, stats: dict | None, clock_ms: int, grace_months:
                            "since": stall.iso_day(started), "on": stall.iso_day(day)}
                           for key, status, started, day in reversed(stats.get("alert_log") or [])],
     }
+
+
+def not_renewed(region: Region, in_force: dict[str, int]) -> set[str]:
+    """Funders whose budget for the region's vulnerable workers was not renewed: they had places (at the start or
+    by a dated change) and have none in force now. Their members leave the programme (``exited.budget_ended``)."""
+    had = set(region.quota) | {funder for _, funder, _ in region.quota_changes}
+    return {funder for funder in had if in_force.get(funder, 0) == 0}
 
 
 def history_view(region: Region, stats: dict | None, target_scale: float) -> list[dict]:

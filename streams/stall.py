@@ -209,9 +209,14 @@ def _step(alert: dict | None, cond: bool, clear: bool, day: int, for_days: int) 
 def evaluate_day(stats: dict, region: Region, day: int, rules: StallRules, grace_months: int, scale: float,
                  programme_end_day: int) -> list[tuple[str, str, dict]]:
     """Evaluate every rule for ``day``; update ``stats['alerts']``; return the transitions (kind, status, details)."""
-    from streams.rules import PROGRAMME_COHORTS, active_count, period_of_ms
+    from streams.rules import PROGRAMME_COHORTS, active_count, not_renewed, period_of_ms
     hist, registered, fhist = _as_of(stats, day)
     period = period_of_ms(day * DAY_MS)
+    ended = not_renewed(region, region.quota_at(period))
+    for funder in ended:  # a budget not renewed: its members have left the programme (rules.region_view)
+        vulnerable = hist.setdefault("VULNERABLE_WORKER", {})
+        for pt, n in fhist.pop(f"VULNERABLE_WORKER|{funder}", {}).items():
+            vulnerable[pt] = vulnerable.get(pt, 0) - n
     active = sum(active_count(hist.get(c, {}), period, grace_months) for c in PROGRAMME_COHORTS)
     members, paid = protected_for_period_due(hist, day, rules, grace_months)
     share = paid / members if members else 1.0

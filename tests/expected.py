@@ -63,9 +63,16 @@ def expected_regions(events, grace_months: int = 3, scale: float = 1.0, clock_ms
     out = {}
     for code, region in regions().items():
         cohorts, breakdowns = {}, {}
+        in_force = dict(region.quota)  # the places in force at the clock: the dated changes up to its month
+        for first, funder, places in region.quota_changes:
+            if first < clock:  # ``first``: months since year 0 from 0, ``clock`` from 1
+                in_force[funder] = places
+        had = set(region.quota) | {funder for _, funder, _ in region.quota_changes}
+        not_renewed = {f for f in had if not in_force.get(f)}  # places before, none now: its members left
         for cohort in ("VULNERABLE_WORKER", "NON_CIVIL_SERVANT", "GENERAL"):
             registered = [(k, p) for k, p in people.items() if p["region"] == code and p["cohort"] == cohort]
-            members = [(k, p) for k, p in registered if k not in dead and k not in moved]
+            gone = not_renewed if cohort == "VULNERABLE_WORKER" else set()
+            members = [(k, p) for k, p in registered if k not in dead and k not in moved and p["funding"] not in gone]
             # paid through: the latest paid period, or the month before registration if later; months behind the
             # clock's month: 0 protected, 1..grace in arrears, more: membership ended (BPJS Perdir 22/2022)
             behind = [clock - max(paid.get(k, 0), p["registered_in"] - 1) for k, p in members]
@@ -73,9 +80,11 @@ def expected_regions(events, grace_months: int = 3, scale: float = 1.0, clock_ms
             for (k, p), b in zip(members, behind):
                 by_funder[p["funding"]].append(b)
             exited = defaultdict(int)
-            for k, _ in registered:
+            for k, p in registered:
                 if k in dead or k in moved:
                     exited["death" if k in dead else "wage_employment"] += 1  # death wins
+                elif p["funding"] in gone:
+                    exited["budget_ended"] += 1
             breakdowns[cohort] = {dimension: small_cells_hidden([p["cells"][i] for _, p in members])
                                   for i, dimension in enumerate(("district", "age_band", "sex", "occupation"))}
             cohorts[cohort] = {"registered": len(registered), "exited": dict(sorted(exited.items())),
@@ -87,13 +96,10 @@ def expected_regions(events, grace_months: int = 3, scale: float = 1.0, clock_ms
                                "funders": {f: protection(bs, grace_months) for f, bs in sorted(by_funder.items())}}
         used = defaultdict(int)
         for key, p in people.items():
-            if p["region"] == code and p["cohort"] == "VULNERABLE_WORKER" and key not in dead | moved:
+            if p["region"] == code and p["cohort"] == "VULNERABLE_WORKER" and key not in dead | moved \
+                    and p["funding"] not in not_renewed:
                 used[p["funding"]] += 1  # a slot held now: the dead free theirs
         quota = {}
-        in_force = dict(region.quota)  # the places in force at the clock: the dated changes up to its month
-        for first, funder, places in region.quota_changes:
-            if first < clock:  # ``first``: months since year 0 from 0, ``clock`` from 1
-                in_force[funder] = places
         for funding in sorted(set(in_force) | set(used)):
             total = round(in_force.get(funding, 0) * scale)
             year, budget = (clock - 1) // 12, total * 16_800 * 12  # the clock's year; a year of the slots

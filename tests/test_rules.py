@@ -318,3 +318,21 @@ def test_a_paid_jkk_death_benefit_is_an_exit_and_other_jkk_claims_are_not():
     assert exited([("Claim", jkk("PAID", death=True))]) == {"death": 1}
     assert exited([("Claim", jkk("PAID", death=False)), ("Claim", jkk("PAID"))]) == {}  # not stated: not a death
     assert exited([("Claim", jkk("APPROVED", death=True))]) == {}  # approved is not paid
+
+
+def test_a_budget_not_renewed_ends_its_members_places():
+    """Samarinda's city budget pays for two members; from 2026 it is not renewed (a dated change to 0 places):
+    its members leave the programme (``budget_ended``), the province's member stays."""
+    from dataclasses import replace
+    samarinda = replace(SAMARINDA, quota_changes=((2026 * 12, "APBD_REGENCY", 0),))
+    stats = None
+    for who, funder in (("a", "APBD_REGENCY"), ("b", "APBD_REGENCY"), ("c", "APBD_PROVINCE")):
+        _, deltas, _ = rules.apply_event(None, "Registration", reg(ms(2025, 11), funding=funder))
+        for d in deltas:
+            stats = rules.apply_delta(stats, d, samarinda, 1.0)
+    before, after = (rules.region_view(samarinda, stats, ms(y, m), 3, 1.0) for y, m in ((2025, 12), (2026, 1)))
+    assert before["cohorts"]["VULNERABLE_WORKER"]["exited"] == {} and before["quota"]["APBD_REGENCY"]["used"] == 2
+    cohort = after["cohorts"]["VULNERABLE_WORKER"]
+    assert cohort["exited"] == {"budget_ended": 2} and cohort["active"] == 1 and cohort["registered"] == 3
+    assert after["quota"]["APBD_REGENCY"] == {**after["quota"]["APBD_REGENCY"], "total": 0, "used": 0}
+    assert list(cohort["funders"]) == ["APBD_PROVINCE"]

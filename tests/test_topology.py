@@ -263,6 +263,12 @@ def test_a_quota_change_in_the_reference_file_reaches_regions_without_a_restart(
                                                       'funder = "APBD_REGENCY"\nfrom = "2025-01"\nplaces = 21000\n'))
         worker.wait(lambda: total() == round(21_000 * SCALE), 30, "the revised quota in /regions")
         assert worker.regions()["64.72"]["quota"]["APBD_REGENCY"]["budget_idr"] == round(21_000 * SCALE) * 16_800 * 12
+        # and then not renewed at all (0 places from January 2025): the city-funded members leave the programme
+        held = worker.regions()["64.72"]["quota"]["APBD_REGENCY"]["used"]
+        path.write_text(path.read_text().replace("places = 21000", "places = 0"))
+        worker.wait(lambda: worker.regions()["64.72"]["cohorts"]["VULNERABLE_WORKER"]["exited"].get("budget_ended")
+                    == held > 0, 30, "the members of the budget not renewed counted as left")
+        assert worker.regions()["64.72"]["quota"]["APBD_REGENCY"]["used"] == 0
     finally:
         worker.stop()
 
