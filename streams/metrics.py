@@ -47,7 +47,8 @@ PROTECTED = gauge("jamsostek_region_protected", "Participants paid for the curre
 IN_ARREARS = gauge("jamsostek_region_in_arrears", "Members in arrears, by unpaid months counting the current one",
                    ["region", "months"])
 EXITED = gauge("jamsostek_region_exited", "Participants who left, by reason (death: a paid JKM claim; "
-               "wage_employment: registered as a PU wage earner); not members, their funder's slot is free",
+               "wage_employment: registered as a PU wage earner; budget_ended: its funder's budget not renewed); not "
+               "members, their funder's slot is free",
                ["region", "reason"])
 COVERAGE = gauge("jamsostek_region_coverage_ratio", "Active programme participants / region target", ["region"])
 QUOTA = gauge("jamsostek_region_quota", "Quota places (participants) per region and funder", ["region", "funding_source"])

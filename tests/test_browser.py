@@ -113,11 +113,12 @@ def test_live_page_updates_without_reload_and_matches_the_api(kafka, registry, t
         def shown() -> dict:
             return browser.execute_script("""return Object.fromEntries(Array.from(
                 document.querySelectorAll('#cohorts tbody tr')).map(r => [r.dataset.cohort,
-                ['registered', 'protected', 'arrears1', 'arrears2', 'arrears3', 'ended', 'exited', 'moved'].map(
+                ['registered', 'protected', 'arrears1', 'arrears2', 'arrears3', 'ended', 'exited', 'moved',
+                 'budget'].map(
                     c => r.querySelector('.' + c).textContent)]));""")
         want = {c: [f"{v[k]:,}" for k in ("registered", "protected")]
                 + [f"{v['in_arrears'][m]:,}" for m in ("1", "2", "3")] + [f"{v['ended']:,}"]
-                + [f"{v['exited'].get(reason, 0):,}" for reason in ("death", "wage_employment")]
+                + [f"{v['exited'].get(reason, 0):,}" for reason in ("death", "wage_employment", "budget_ended")]
                 for c, v in view["cohorts"].items()}
         worker.wait(lambda: shown() == want, 30, "the region page to show the protection figures of the API")
         program, turnaround = next(iter(view["claims_turnaround"].items()))
