@@ -199,7 +199,11 @@ class InOrder:
             self.sought[tp] = expected
             log.warning("%s[%d] offset %d handed over before %d: reading from %d again", tp.topic, tp.partition,
                         offset, expected, expected)
-            await consumer.seek(tp, expected)
+        # sought back at every withheld record, not once: records of the batch Faust is draining still come after
+        # a seek, and each moves its read offset past ``expected`` again, so a single early seek left the
+        # re-fetched record below the read offset, dropped for good — the partition stalled (the join-and-leave
+        # drill under load, 2026-11-26). The last seek comes after the batch's last record.
+        await consumer.seek(tp, expected)
         return False
 
 
