@@ -113,6 +113,14 @@ def apply_event(state: dict | None, kind: str, event: dict) -> tuple[dict, list[
             if state["reg"] and not state.get("x"):  # after an exit, money is counted but moves no member
                 deltas.append({"k": "pt", "region": state["r"], "cohort": state["c"], "funding": state["f"],
                                "from": old, "to": paid, "at": at})
+        if state.get("x") and state.get("xa") is not None and at < state["xa"] and paid > state["xp"]:
+            # paid before leaving but read after the exit (another topic): the months move when they were paid,
+            # and back at the exit, which took the member out of the bucket it had then — the stall rules'
+            # as-of figures do not depend on which topic was read first (the final figures do not change)
+            was = state["xp"]
+            move = {"k": "pt", "region": state["r"], "cohort": state["c"], "funding": state["f"]}
+            deltas += [{**move, "from": was, "to": paid, "at": at}, {**move, "from": paid, "to": was, "at": state["xa"]}]
+            state["xp"] = paid
         deltas.append({"k": "contrib", "region": state["r"] or region, "amount": event["amount_idr"],
                        "funding": event["funding_source"], "period": paid, "at": at})
     elif kind == "Claim":
@@ -150,7 +158,9 @@ def _leave(state: dict, reason: str, at: int) -> list[dict]:
 
 def _exit(state: dict, at: int) -> dict:
     """The region delta of a participant leaving (``state["x"]``: why): out of the members (its paid-through
-    bucket), out of its funder's slots and its breakdown cells, counted by reason."""
+    bucket), out of its funder's slots and its breakdown cells, counted by reason. When (``xa``) and from which
+    bucket as of then (``xp``) are kept for payments made before it and read after it."""
+    state["xa"], state["xp"] = at, state["pt"]
     return {"k": "exit", "region": state["r"], "cohort": state["c"], "funding": state["f"], "pt": state["pt"],
             "dm": state.get("dm") or NO_DEMOGRAPHY, "reason": state["x"], "at": at}
 

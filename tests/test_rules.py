@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 
 from hypothesis import given, strategies as st
 
-from streams import rules
+from streams import rules, stall
 from streams.reference import regions
 
 SAMARINDA = regions()["64.72"]
@@ -336,3 +336,24 @@ def test_a_budget_not_renewed_ends_its_members_places():
     assert cohort["exited"] == {"budget_ended": 2} and cohort["active"] == 1 and cohort["registered"] == 3
     assert after["quota"]["APBD_REGENCY"] == {**after["quota"]["APBD_REGENCY"], "total": 0, "used": 0}
     assert list(cohort["funders"]) == ["APBD_PROVINCE"]
+
+
+def test_a_payment_made_before_an_exit_but_read_after_it_moves_the_months_when_it_was_paid():
+    """A quarter paid ahead on 10 February, the worker's wage job registered on 20 February: which topic is read
+    first must not change the region's deltas, and so the stall rules' as-of figures."""
+    first = ("Registration", reg(ms(2025, 1, 5)))
+    quarter = [("Contribution", contrib(p, ms(2025, 2, 10))) for p in ("2025-02", "2025-03", "2025-04")]
+    move = ("Registration", wage_job(ms(2025, 2, 20)))
+
+    def as_of(events, day):
+        stats = None
+        state = None
+        for kind, event in events:
+            state, deltas, _ = rules.apply_event(state, kind, event)
+            for d in deltas:
+                stats = rules.apply_delta(stats, d, SAMARINDA, 1.0)
+        return stall._as_of(stats, day // 86_400_000)[0]["VULNERABLE_WORKER"]
+
+    for day in (ms(2025, 2, 1), ms(2025, 2, 15), ms(2025, 3, 1)):
+        in_order, move_first = as_of([first, *quarter, move], day), as_of([first, move, *quarter], day)
+        assert {k: v for k, v in in_order.items() if v} == {k: v for k, v in move_first.items() if v}, day
