@@ -360,8 +360,12 @@ def test_stall_alerts_equal_the_fold_and_reach_every_channel(run):
     assert month(stopped["64.02", "APBD_PROVINCE", "FIRING"]) == "2025-03"
     assert month(stopped["64.02", "APBD_PROVINCE", "RESOLVED"]) == "2025-04"
     assert not [k for k in stopped if k[:2] in (("64.02", "APBD_REGENCY"), ("64.09", "APBD_REGENCY"))]
-    # Bontang enrols nobody in June-July, between two of the province's tranches: silence, not a stall
-    assert not [a for a in alerts if a["region_code"] == "64.74" and a["kind"] == "NO_REGISTRATIONS"]
+    # Bontang enrols nobody in June-July, between two of the province's tranches: silence, not a stall (its
+    # thin enrolment may stall inside a tranche; an alert then resolves when the tranche closes)
+    bontang = [(a["status"], month(a["occurred_at"])) for a in alerts
+               if a["region_code"] == "64.74" and a["kind"] == "NO_REGISTRATIONS"]
+    assert not [m for status, m in bontang if status == "FIRING" and m in ("2025-06", "2025-07")]
+    assert not bontang or (bontang[-1][0] == "RESOLVED" and bontang[-1][1] <= "2025-06")  # none open over it
     assert all(a["_key"] == a["region_code"].encode() for a in alerts)
     regions = worker.regions()
     assert regions["64.11"]["stalled"] and "CONTRIBUTIONS_STOPPED" in {a["kind"] for a in regions["64.11"]["alerts"]}
