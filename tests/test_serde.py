@@ -12,7 +12,8 @@ from streams.serde import AvroSerde, DecodeError, RegistryUnavailable, frame, un
 CONTRIBUTION = {"event_id": str(uuid.uuid4()), "occurred_at": 1_735_700_000_000, "nik": "6408015506920001",
                 "region_code": "64.08", "period": "2025-01", "amount_idr": 16_800, "funding_source": "APBD_PROVINCE"}
 CLAIM = {"event_id": str(uuid.uuid4()), "occurred_at": 1_735_800_000_000, "nik": "6408015506920001",
-         "region_code": "64.08", "program": "JKK", "amount_idr": 7_250_000, "status": "APPROVED", "claim_id": "c-1"}
+         "region_code": "64.08", "program": "JKK", "amount_idr": 7_250_000, "status": "APPROVED", "claim_id": "c-1",
+         "death": False}
 ALERT = {"alert_id": "64.11:NO_REGISTRATIONS:1", "region_code": "64.11", "kind": "NO_REGISTRATIONS",
          "status": "FIRING", "severity": "CRITICAL", "occurred_at": 1_740_000_000_000, "started_at": 1_740_000_000_000,
          "resolved_at": None, "summary": "no registrations for 14 days", "details": {"quota_remaining": "412"}}
