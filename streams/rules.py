@@ -337,13 +337,10 @@ def region_view(region: Region, stats: dict | None, clock_ms: int, grace_months:
     cohorts = {}
     for cohort in ("VULNERABLE_WORKER", "NON_CIVIL_SERVANT", "GENERAL"):
         registered = stats["registered"].get(cohort, 0)
-        hist = dict(stats["hist"].get(cohort, {}))
+        hist = stats["hist"].get(cohort, {})
         exited = dict(stats.get("exited", {}).get(cohort, {}))
         if cohort == "VULNERABLE_WORKER":  # the members of a budget not renewed have left the programme
-            for funder in ended:
-                for pt, n in fhist.get(f"{cohort}|{funder}", {}).items():
-                    hist[pt] = hist.get(pt, 0) - n
-                    exited["budget_ended"] = exited.get("budget_ended", 0) + n
+            hist, exited["budget_ended"] = without_ended(hist, fhist, ended)
             exited = {reason: n for reason, n in sorted(exited.items()) if n}
         active = active_count(hist, clock_period, grace_months) if clock_ms else registered
         target = round(region.target.get(cohort, 0) * target_scale)
@@ -408,6 +405,17 @@ def not_renewed(region: Region, in_force: dict[str, int]) -> set[str]:
     by a dated change) and have none in force now. Their members leave the programme (``exited.budget_ended``)."""
     had = set(region.quota) | {funder for _, funder, _ in region.quota_changes}
     return {funder for funder in had if in_force.get(funder, 0) == 0}
+
+
+def without_ended(hist: dict, fhist: dict, ended: set[str]) -> tuple[dict, int]:
+    """A vulnerable-worker paid-through histogram without the members of the funders in ``ended`` (their
+    per-funder histograms in ``fhist``), and how many those were."""
+    hist, gone = dict(hist), 0
+    for funder in ended:
+        for pt, n in fhist.get(f"VULNERABLE_WORKER|{funder}", {}).items():
+            hist[pt] = hist.get(pt, 0) - n
+            gone += n
+    return hist, gone
 
 
 def history_view(region: Region, stats: dict | None, target_scale: float) -> list[dict]:

@@ -163,16 +163,23 @@ def due_period(day: int, rules: "StallRules") -> int:
         else period - 1
 
 
-def protected_for_period_due(hist: dict, day: int, rules: "StallRules", grace_months: int) -> tuple[int, int]:
-    """Programme members (at most ``grace_months`` behind), and those of them paid for the period due."""
-    from streams.rules import period_of_ms
-    period, due, members, paid = period_of_ms(day * DAY_MS), due_period(day, rules), 0, 0
-    for cohort in PROGRAMME:
-        for pt, n in hist.get(cohort, {}).items():
-            if period - int(pt) <= grace_months:
-                members += n
-                paid += n if int(pt) >= due else 0
+def _members_and_paid(hist: dict, period: int, due: int, grace_months: int) -> tuple[int, int]:
+    """Of a paid-through histogram: the members (at most ``grace_months`` behind ``period``; ended memberships are
+    nobody's arrears) and those of them paid for the ``due`` period."""
+    members = paid = 0
+    for pt, n in hist.items():
+        if period - int(pt) <= grace_months:
+            members += n
+            paid += n if int(pt) >= due else 0
     return members, paid
+
+
+def protected_for_period_due(hist: dict, day: int, rules: "StallRules", grace_months: int) -> tuple[int, int]:
+    """Programme members, and those of them paid for the period due."""
+    from streams.rules import period_of_ms
+    period, due = period_of_ms(day * DAY_MS), due_period(day, rules)
+    counts = [_members_and_paid(hist.get(cohort, {}), period, due, grace_months) for cohort in PROGRAMME]
+    return sum(m for m, _ in counts), sum(p for _, p in counts)
 
 
 def unpaid_by_funder(fhist: dict, day: int, rules: "StallRules", grace_months: int) -> dict[str, tuple[int, int]]:
@@ -185,11 +192,9 @@ def unpaid_by_funder(fhist: dict, day: int, rules: "StallRules", grace_months: i
         cohort, _, funder = group.partition("|")
         if cohort not in PROGRAMME or funder == NOT_A_FUNDER:
             continue
+        members, paid = _members_and_paid(hist, period, due, grace_months)
         counts = out.setdefault(funder, [0, 0])
-        for pt, n in hist.items():
-            if period - int(pt) <= grace_months:  # a member (ended memberships are not a funder's arrears)
-                counts[0] += n
-                counts[1] += n if int(pt) < due else 0
+        counts[0], counts[1] = counts[0] + members, counts[1] + members - paid
     return {f: (m, u) for f, (m, u) in sorted(out.items())}
 
 
@@ -209,14 +214,13 @@ def _step(alert: dict | None, cond: bool, clear: bool, day: int, for_days: int) 
 def evaluate_day(stats: dict, region: Region, day: int, rules: StallRules, grace_months: int, scale: float,
                  programme_end_day: int) -> list[tuple[str, str, dict]]:
     """Evaluate every rule for ``day``; update ``stats['alerts']``; return the transitions (kind, status, details)."""
-    from streams.rules import PROGRAMME_COHORTS, active_count, not_renewed, period_of_ms
+    from streams.rules import PROGRAMME_COHORTS, active_count, not_renewed, period_of_ms, without_ended
     hist, registered, fhist = _as_of(stats, day)
     period = period_of_ms(day * DAY_MS)
-    ended = not_renewed(region, region.quota_at(period))
-    for funder in ended:  # a budget not renewed: its members have left the programme (rules.region_view)
-        vulnerable = hist.setdefault("VULNERABLE_WORKER", {})
-        for pt, n in fhist.pop(f"VULNERABLE_WORKER|{funder}", {}).items():
-            vulnerable[pt] = vulnerable.get(pt, 0) - n
+    ended = not_renewed(region, region.quota_at(period))  # a budget not renewed: its members have left
+    hist["VULNERABLE_WORKER"], _ = without_ended(hist.get("VULNERABLE_WORKER", {}), fhist, ended)
+    for funder in ended:
+        fhist.pop(f"VULNERABLE_WORKER|{funder}", None)
     active = sum(active_count(hist.get(c, {}), period, grace_months) for c in PROGRAMME_COHORTS)
     members, paid = protected_for_period_due(hist, day, rules, grace_months)
     share = paid / members if members else 1.0

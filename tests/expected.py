@@ -63,10 +63,7 @@ def expected_regions(events, grace_months: int = 3, scale: float = 1.0, clock_ms
     out = {}
     for code, region in regions().items():
         cohorts, breakdowns = {}, {}
-        in_force = dict(region.quota)  # the places in force at the clock: the dated changes up to its month
-        for first, funder, places in region.quota_changes:
-            if first < clock:  # ``first``: months since year 0 from 0, ``clock`` from 1
-                in_force[funder] = places
+        in_force = region.quota_at(clock - 1)  # the places in force at the clock (reference data; ``clock`` from 1)
         had = set(region.quota) | {funder for _, funder, _ in region.quota_changes}
         not_renewed = {f for f in had if not in_force.get(f)}  # places before, none now: its members left
         for cohort in ("VULNERABLE_WORKER", "NON_CIVIL_SERVANT", "GENERAL"):
@@ -89,10 +86,7 @@ def expected_regions(events, grace_months: int = 3, scale: float = 1.0, clock_ms
                                   for i, dimension in enumerate(("district", "age_band", "sex", "occupation"))}
             cohorts[cohort] = {"registered": len(registered), "exited": dict(sorted(exited.items())),
                                "active": sum(1 for b in behind if b <= grace_months),
-                               "protected": sum(1 for b in behind if b <= 0),
-                               "in_arrears": {str(m): sum(1 for b in behind if b == m)
-                                              for m in range(1, grace_months + 1)},
-                               "ended": sum(1 for b in behind if b > grace_months),
+                               **protection(behind, grace_months),
                                "funders": {f: protection(bs, grace_months) for f, bs in sorted(by_funder.items())}}
         used = defaultdict(int)
         for key, p in people.items():
