@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
@@ -197,21 +198,31 @@ def _print_stats(stats) -> None:
 
 
 @app.command()
-def regions() -> None:
-    """The 10 regions with their targets and quotas (reference data)."""
+def regions(on: Optional[str] = typer.Option(None, help="the month (YYYY-MM) whose quotas and targets to show; "
+                                              "dated changes such as an APBD-P apply from their month (default: "
+                                              "this month)")) -> None:
+    """The 10 regions with their targets and quotas in force in a month (reference data)."""
     from streams.reference import reference
     ref = reference()
-    table = Table(title=f"Kaltim regions — province quota {ref.province_quota:,} "
+    month = on or datetime.now(timezone.utc).strftime("%Y-%m")
+    try:
+        year, mon = (int(part) for part in month.split("-"))
+        assert 1 <= mon <= 12
+    except (ValueError, AssertionError):
+        raise typer.BadParameter(f"{month!r} is not a month (YYYY-MM)", param_hint="--on")
+    period = year * 12 + mon - 1
+    table = Table(title=f"Kaltim regions in {month} — province quota {ref.province_quota:,} "
                         f"({ref.programme_start} … {ref.programme_end})")
     for col in ("code", "name", "kind", "population", "province quota", "regency/city quota", "other funders",
                 "vulnerable target", "non-ASN target"):
         table.add_column(col, justify="right" if col not in ("name", "kind", "other funders") else "left")
     for r in ref.regions.values():
-        others = ", ".join(f"{funder} {n:,}" for funder, n in r.quota.items()
+        quota, target = r.quota_at(period), r.target_at(period)
+        others = ", ".join(f"{funder} {n:,}" for funder, n in quota.items()
                            if funder not in ("APBD_PROVINCE", "APBD_REGENCY"))
-        table.add_row(r.code, r.name, r.kind, f"{r.population:,}", f"{r.quota.get('APBD_PROVINCE', 0):,}",
-                      f"{r.quota.get('APBD_REGENCY', 0):,}", others, f"{r.target.get('VULNERABLE_WORKER', 0):,}",
-                      f"{r.target.get('NON_CIVIL_SERVANT', 0):,}")
+        table.add_row(r.code, r.name, r.kind, f"{r.population:,}", f"{quota.get('APBD_PROVINCE', 0):,}",
+                      f"{quota.get('APBD_REGENCY', 0):,}", others, f"{target.get('VULNERABLE_WORKER', 0):,}",
+                      f"{target.get('NON_CIVIL_SERVANT', 0):,}")
     Console().print(table)
 
 

@@ -332,6 +332,7 @@ def region_view(region: Region, stats: dict | None, clock_ms: int, grace_months:
     stats = stats or new_region()
     clock_period = period_of_ms(clock_ms) if clock_ms else 0
     in_force = region.quota_at(clock_period) if clock_ms else dict(region.quota)  # effective-dated (APBD-P)
+    targets = region.target_at(clock_period) if clock_ms else dict(region.target)  # dated too
     ended = not_renewed(region, in_force)
     fhist = stats.get("fhist") or {}
     cohorts = {}
@@ -343,7 +344,7 @@ def region_view(region: Region, stats: dict | None, clock_ms: int, grace_months:
             hist, exited["budget_ended"] = without_ended(hist, fhist, ended)
             exited = {reason: n for reason, n in sorted(exited.items()) if n}
         active = active_count(hist, clock_period, grace_months) if clock_ms else registered
-        target = round(region.target.get(cohort, 0) * target_scale)
+        target = round(targets.get(cohort, 0) * target_scale)
         cohorts[cohort] = {"registered": registered, "active": active,
                            "lapsed": registered - active - sum(exited.values()), "exited": exited,
                            "target": target, "coverage_ratio": round(active / target, 4) if target else None,
@@ -419,11 +420,17 @@ def without_ended(hist: dict, fhist: dict, ended: set[str]) -> tuple[dict, int]:
 
 
 def history_view(region: Region, stats: dict | None, target_scale: float) -> list[dict]:
-    """Programme members and coverage at the start of each evaluated day (the page's chart), oldest first."""
-    target = sum(round(region.target.get(c, 0) * target_scale) for c in PROGRAMME_COHORTS)
-    return [{"day": stall.iso_day(day), "day_ms": day * DAY_MS, "active": active,
-             "coverage_ratio": round(active / target, 4) if target else None}
-            for day, active in (stats or {}).get("history") or []]
+    """Programme members and coverage at the start of each evaluated day (the page's chart), oldest first; each
+    day's coverage against the targets in force that day."""
+    def target(day: int) -> int:
+        in_force = region.target_at(period_of_ms(day * DAY_MS))
+        return sum(round(in_force.get(c, 0) * target_scale) for c in PROGRAMME_COHORTS)
+    points = []
+    for day, active in (stats or {}).get("history") or []:
+        denominator = target(day)
+        points.append({"day": stall.iso_day(day), "day_ms": day * DAY_MS, "active": active,
+                       "coverage_ratio": round(active / denominator, 4) if denominator else None})
+    return points
 
 
 def breakdown(stats: dict) -> dict:

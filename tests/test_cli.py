@@ -48,6 +48,11 @@ def test_help_and_regions_table():
     table = cli("regions")
     assert table.returncode == 0
     assert "Mahakam Ulu" in table.stdout and "100,000" in table.stdout and "19,000" in table.stdout
+    kutim = lambda month: next(line for line in cli("regions", "--on", month).stdout.splitlines() if "Kutai Timur" in line)
+    assert "95,000" not in kutim("2024-12") and "95,000" in kutim("2025-01")  # the regency's programme, dated
+    assert "160,000" in kutim("2025-01")
+    bad = cli("regions", "--on", "2025-13")
+    assert bad.returncode != 0 and "not a month" in bad.stderr + bad.stdout
 
 
 def test_bad_config_file_is_a_readable_error(tmp_path):

@@ -2,6 +2,8 @@
 import os
 import time
 
+import pytest
+
 from streams.reference import REGION_CODES, reference
 
 KEMENDAGRI = {"64.01": "Paser", "64.02": "Kutai Kartanegara", "64.03": "Berau", "64.07": "Kutai Barat",
@@ -40,6 +42,32 @@ def test_quotas_are_effective_dated():
     ppu = reference().regions["64.09"]
     assert ppu.quota_at(2025 * 12 + 8)["APBD_REGENCY"] == 17_500  # September 2025
     assert ppu.quota_at(2025 * 12 + 9)["APBD_REGENCY"] == 17_500 + 5_084  # APBD-P, from October 2025
+
+
+def test_targets_are_dated_and_follow_the_places_unless_a_source_gives_one():
+    regions = reference().regions
+    for period in range(2023 * 12 + 6, 2027 * 12):  # the programme's months
+        for code, r in regions.items():
+            target, places = r.target_at(period)["VULNERABLE_WORKER"], sum(r.quota_at(period).values())
+            if code == "64.08" and period >= 2025 * 12:
+                continue  # Kutai Timur: its regency's own target, below
+            assert target == places, (code, period)
+    ppu = regions["64.09"]
+    assert ppu.target_at(2025 * 12 + 9)["VULNERABLE_WORKER"] == 5_614 + 17_500 + 5_084  # with the APBD-P places
+    kutim = regions["64.08"]  # the regency's own programme, 2025: ~95,000 covered of a 160,000 target
+    assert kutim.quota_at(2024 * 12 + 11) == {"APBD_PROVINCE": 12_483}
+    assert kutim.quota_at(2025 * 12) == {"APBD_PROVINCE": 12_483, "APBD_REGENCY": 95_000}
+    assert kutim.target_at(2024 * 12 + 11)["VULNERABLE_WORKER"] == 12_483
+    assert kutim.target_at(2025 * 12)["VULNERABLE_WORKER"] == 160_000
+    assert kutim.target_at(2025 * 12)["NON_CIVIL_SERVANT"] == kutim.target["NON_CIVIL_SERVANT"]  # undated: unchanged
+
+
+def test_an_unknown_cohort_in_a_dated_target_is_refused(tmp_path):
+    from streams.reference import DATA_FILE, load
+    path = tmp_path / "regions.toml"
+    path.write_text(DATA_FILE.read_text().replace('cohort = "VULNERABLE_WORKER"', 'cohort = "VULNERABLE"', 1))
+    with pytest.raises(ValueError, match="VULNERABLE"):
+        load(path)
 
 
 def test_a_changed_reference_file_is_applied_without_a_restart_and_a_broken_one_is_refused(tmp_path, monkeypatch):

@@ -26,7 +26,7 @@ KILLS = 5
 
 def crash_scenario(events: int) -> tuple[float, list]:
     """A seeded year with bad records and duplicates, scaled to about ``events`` records."""
-    scale = 0.1 * events / 175_000
+    scale = 0.1 * events / 245_000
     return scale, list(Scenario.load(scale=scale, seed=11, bad_share=0.01, duplicate_share=0.02).events(12))
 
 

@@ -357,3 +357,19 @@ def test_a_payment_made_before_an_exit_but_read_after_it_moves_the_months_when_i
     for day in (ms(2025, 2, 1), ms(2025, 2, 15), ms(2025, 3, 1)):
         in_order, move_first = as_of([first, *quarter, move], day), as_of([first, move, *quarter], day)
         assert {k: v for k, v in in_order.items() if v} == {k: v for k, v in move_first.items() if v}, day
+
+
+def test_coverage_is_against_the_target_in_force_at_the_clock_and_on_each_charted_day():
+    kutim = regions()["64.08"]  # the regency's own programme dates a 160,000 target from 2025
+    stats = None
+    for _ in range(4):
+        _, deltas, _ = rules.apply_event(None, "Registration", {**reg(ms(2024, 11)), "region_code": "64.08"})
+        for d in deltas:
+            stats = rules.apply_delta(stats, d, kutim, 1.0)
+    target = lambda clock: rules.region_view(kutim, stats, clock, 3, 1.0)["cohorts"]["VULNERABLE_WORKER"]["target"]
+    assert target(ms(2024, 12)) == 12_483 and target(ms(2025, 1)) == 160_000
+    december, january = ms(2024, 12, 31) // rules.DAY_MS, ms(2025, 1, 1) // rules.DAY_MS
+    stats["history"] = [[december, 4_000], [january, 4_000]]
+    ncs = kutim.target["NON_CIVIL_SERVANT"]
+    points = rules.history_view(kutim, stats, 1.0)
+    assert [p["coverage_ratio"] for p in points] == [round(4_000 / (12_483 + ncs), 4), round(4_000 / (160_000 + ncs), 4)]

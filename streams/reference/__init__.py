@@ -2,7 +2,7 @@
 
 The file is re-read when it changes (``REFERENCE_FILE`` names another file than the packaged one): a quota
 change decided mid-year (APBD-P) is a new ``quota_change`` entry with the month it takes effect from, applied by
-the running worker without a redeploy. The 10 region codes cannot change that way."""
+the running worker without a redeploy; a ``target_change`` dates a coverage target the same way. The 10 region codes cannot change that way."""
 from __future__ import annotations
 
 import logging
@@ -36,23 +36,30 @@ class Region:
     enrolment: Mapping[str, tuple[tuple[int, int], ...]] = field(default_factory=lambda: MappingProxyType({}))
     # (first period index it applies to, funding source, places from then on), in order (docs/domain.md)
     quota_changes: tuple[tuple[int, str, int], ...] = ()
+    # (first period index it applies to, cohort, participants from then on), in order: a dated target
+    target_changes: tuple[tuple[int, str, int], ...] = ()
 
     def quota_at(self, period: int) -> dict[str, int]:
         """The quota per funder in force in ``period`` (months since year 0, as streams.rules.period_index)."""
-        quota = dict(self.quota)
-        for first, funder, places in self.quota_changes:
-            if first <= period:
-                quota[funder] = places
-        return quota
+        return _in_force(self.quota, self.quota_changes, period)
+
+    def target_at(self, period: int) -> dict[str, int]:
+        """The target per cohort in force in ``period`` (the coverage denominators of that month)."""
+        return _in_force(self.target, self.target_changes, period)
 
     @property
     def nik_prefix(self) -> str:
         """First 4 NIK digits: province + regency/city, e.g. 64.72 -> 6472."""
         return self.code.replace(".", "")
 
-    @property
-    def total_target(self) -> int:
-        return sum(self.target.values())
+
+def _in_force(base: Mapping[str, int], changes: tuple[tuple[int, str, int], ...], period: int) -> dict[str, int]:
+    """``base`` with every dated change that starts in or before ``period`` applied, in date order."""
+    values = dict(base)
+    for first, name, value in changes:
+        if first <= period:
+            values[name] = value
+    return values
 
 
 @dataclass(frozen=True)
@@ -126,8 +133,11 @@ def load(path: Path) -> Reference:
     regions = {}
     for r in raw["region"]:
         changes = sorted((_period(c["from"]), c["funder"], int(c["places"])) for c in r.get("quota_change", []))
+        target_changes = sorted((_period(c["from"]), c["cohort"], int(c["participants"]))
+                                for c in r.get("target_change", []))
         funders = set(r["quota"]) | set(r.get("enrolment", {})) | {funder for _, funder, _ in changes}
-        unknown = (funders - set(FUNDING_SOURCES)) | (set(r["target"]) - set(COHORTS))
+        cohorts = set(r["target"]) | {cohort for _, cohort, _ in target_changes}
+        unknown = (funders - set(FUNDING_SOURCES)) | (cohorts - set(COHORTS))
         if unknown:
             raise ValueError(f"{path}: region {r['code']} names unknown keys {sorted(unknown)}")
         regions[r["code"]] = Region(
@@ -135,7 +145,7 @@ def load(path: Path) -> Reference:
             quota=MappingProxyType(dict(r["quota"])), target=MappingProxyType(dict(r["target"])),
             enrolment=MappingProxyType({funder: tuple((_day(a), _day(b)) for a, b in windows)
                                         for funder, windows in r.get("enrolment", {}).items()}),
-            quota_changes=tuple(changes),
+            quota_changes=tuple(changes), target_changes=tuple(target_changes),
         )
     return Reference(
         regions=MappingProxyType(regions), province_quota=raw["province_quota"],

@@ -185,7 +185,7 @@ class _Generator:
     def register(self, region: Region, cohort: str, month: int) -> None:
         rng = self.rng
         if cohort == "VULNERABLE_WORKER":
-            funding = self.vulnerable_funding(region)
+            funding = self.vulnerable_funding(region, month)
             segment, programs, income, fee = "BPU", ("JKK", "JKM"), 0, VULNERABLE_FEE
             channel = rng.choice(VULNERABLE_CHANNELS)
         elif cohort == "NON_CIVIL_SERVANT":
@@ -209,11 +209,14 @@ class _Generator:
         # the first contribution follows registration within days
         self.contribute(person, month, record["occurred_at"] + rng.randint(1, 5) * DAY_MS)
 
-    def vulnerable_funding(self, region: Region) -> str:
-        """Province quota first, then the regency/city top-up, spread by remaining quota (scaled)."""
-        remaining = {src: q * self.sc.scale - self.quota_used.get((region.code, src), 0) for src, q in region.quota.items()}
+    def vulnerable_funding(self, region: Region, month: int) -> str:
+        """A funder with places left in the quotas in force that month (dated: a regency programme or an APBD-P),
+        drawn by remaining places (scaled)."""
+        year, mon = map(int, period(self.sc.start, month).split("-"))
+        in_force = {src: q for src, q in region.quota_at(year * 12 + mon - 1).items() if q > 0}
+        remaining = {src: q * self.sc.scale - self.quota_used.get((region.code, src), 0) for src, q in in_force.items()}
         open_ = {src: left for src, left in remaining.items() if left > 0}
-        pool = open_ or region.quota  # all quotas used up: over-quota registrations still happen
+        pool = open_ or in_force  # all quotas used up: over-quota registrations still happen
         return self.rng.choices(sorted(pool), weights=[max(pool[s], 1) for s in sorted(pool)])[0]
 
     def contribute(self, person: Person, month: int, at: int, for_month: int | None = None) -> None:
