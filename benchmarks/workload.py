@@ -1,5 +1,5 @@
 """The benchmark workload: mixed events (20 % registration, 70 % contribution, 10 % claim) over the 10 regions,
-skewed as the scenario's region plans are (Kutai Kartanegara largest), one distinct participant per registration.
+skewed as the scenario's region plans are (Kutai Timur largest, with its regency's programme), one distinct participant per registration.
 Built with the simulator's own record generator, so every record is valid and the fold of tests/expected.py
 applies; pre-loaded into the input topics before anything is measured."""
 from __future__ import annotations
