@@ -166,6 +166,19 @@ def test_pace_below_target_reports_a_forecast_and_resolves_when_the_pace_picks_u
     assert len(events) == 2 and events[1][1] == "RESOLVED" and iso(130) < events[1][2] < iso(150)
 
 
+def test_a_fill_date_beyond_any_calendar_is_never_and_does_not_stop_the_evaluation():
+    """One registration in 30 days against a quota of ~2 million places (Kutai Barat's at scale 400): the fill
+    date would fall after the year 9999, which no date can show (formatting it crashed the region stage)."""
+    events = [reg(0, 0), reg(40, 0)]
+    transitions, stats = simulate(events, 60, scale=400.0)
+    assert stats["forecast_fill_day"] is None
+    pace = [t for t in transitions if t[0] == "PACE_BELOW_TARGET"]
+    assert pace and pace[0][1] == "FIRING"
+    # within the horizon the forecast is a date
+    _, near = simulate([reg(d, i) for d in range(60) for i in range(3)], 60, scale=1.0)
+    assert near["forecast_fill_day"] is not None and stall.iso_day(near["forecast_fill_day"]) > "2026"
+
+
 def test_noisy_input_does_not_flap():
     """A condition that holds on alternate days never fires (it must hold ``for_days`` in a row)."""
     alert, changes = None, []
