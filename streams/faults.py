@@ -21,7 +21,11 @@ POINTS = (
     "participants:state-first",      # NOT our order: states durable, deltas never sent (the drill must see a loss)
     "regions:alerts-acked",          # alerts acknowledged, region state not written
     "regions:state-durable",         # region state on its changelog, delta offset not committed
+    "regions:bug",                   # an exception in the region stage (stage_failed: the process exits)
 )
+
+#: the exit status of a worker whose stage raised (EX_SOFTWARE): its process manager restarts it
+STAGE_FAILED_EXIT = 70
 
 
 class FaultPoints:
@@ -45,6 +49,11 @@ class FaultPoints:
         if self.fires(point):
             await self.kill(point, producer)
 
+    def raise_at(self, point: str) -> None:
+        """Called at ``point``: the ``n``-th time, raise as a bug in the stage would."""
+        if self.fires(point):
+            raise RuntimeError(f"fault injection: an error at {point}")
+
     @staticmethod
     async def kill(point: str, producer) -> None:
         """Flush ``producer`` (so the broker holds what was handed to it) and SIGKILL this process."""
@@ -52,3 +61,19 @@ class FaultPoints:
         log.warning("fault injection: SIGKILL at %s", point)
         logging.shutdown()
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+async def stage_failed(agent, exc: BaseException) -> None:
+    """What an agent's exception does (streams/faust_fixes.py routes Faust's handler here): the process ends at
+    once, without committing offsets.
+
+    Faust's default restarts the crashed agent in the same process and goes on with the records after the one it
+    was processing: that record was never applied, and its offset was committed with the next ones — lost in
+    silence (a region stage crash on 2026-11-26 lost two death claims from Kutai Timur's table). Exiting instead is
+    a crash like the kill -9 drills: the restarted worker re-reads from the committed offsets, and the write order
+    (docs/reliability.md) makes the re-read exact. A bug that recurs on the same record stops the worker instead of
+    losing data — visible, and the record is still there once the bug is fixed."""
+    log.critical("stage %s failed: %r; exiting without committing (status %d) so that nothing is skipped",
+                 getattr(agent, "name", agent), exc, STAGE_FAILED_EXIT, exc_info=exc)
+    logging.shutdown()
+    os._exit(STAGE_FAILED_EXIT)

@@ -32,6 +32,7 @@ import logging
 import weakref
 from importlib.metadata import version
 
+from faust import App
 from faust.streams import _current_event
 from faust.transport.consumer import Consumer
 from faust.transport.producer import ProducerBuffer
@@ -50,6 +51,7 @@ ORIGINALS = {
     "ProducerBuffer.flush": ProducerBuffer.flush,
     "ProducerBuffer._send_pending": ProducerBuffer._send_pending,
     "ProducerBuffer._handle_pending": ProducerBuffer._handle_pending,  # calls _send_pending, sets message_sent
+    "App._on_agent_error": App._on_agent_error,  # every agent's on_error: commits the consumer's offsets
 }
 log = logging.getLogger(__name__)
 _perform_seek = ORIGINALS["Consumer.perform_seek"]
@@ -207,6 +209,16 @@ class InOrder:
         return False
 
 
+async def _stage_failed_exits(self: App, agent, exc: BaseException) -> None:
+    """Faust's handler of an agent's exception commits the consumer's offsets (``Consumer.on_task_error``), and
+    the agent's supervisor then restarts it in the same process, after the record it was on: that record is
+    never applied (upstream: faust-streaming #315 and robinhood/faust #604, both open: the failing record's offset
+    is skipped after the agent restarts). Here the process exits without committing instead
+    (streams/faults.py ``stage_failed``)."""
+    from streams.faults import stage_failed
+    await stage_failed(agent, exc)
+
+
 def read_positions(app) -> dict:
     """The next offset this worker will read per assigned partition (None before the first read), from Faust's
     consumer (its read offset is not public)."""
@@ -237,3 +249,4 @@ def install() -> None:
         Consumer.perform_seek = _perform_seek_from_earliest_when_uncommitted
         Consumer.__init__ = _init_with_shielded_delivery
         Consumer._new_offset = _new_offset_without_passing_a_hole
+        App._on_agent_error = _stage_failed_exits

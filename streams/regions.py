@@ -65,6 +65,7 @@ def register(topo) -> None:
         async for event in stream.events():
             if not await in_order.admit(event):  # deltas of a source partition must arrive in its order
                 continue
+            topo.faults.raise_at("regions:bug")  # drills only: a bug in this stage
             code = event.key
             region = reference().regions[code]  # re-read when its file changed (a quota change, APBD-P)
             applied = apply_message(topo.regions.get(code), event.value["deltas"], region, settings,

@@ -114,6 +114,7 @@ PINNED = {
     "ProducerBuffer.flush": "26fbebb124ad9c98",
     "ProducerBuffer._send_pending": "4a9d5f932b56bc68",
     "ProducerBuffer._handle_pending": "78d648030fd21016",
+    "App._on_agent_error": "bdd12f286de64429",
 }
 
 
