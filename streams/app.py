@@ -74,6 +74,7 @@ def create_app(settings: Settings) -> Topology:
         # partitions (seen here with faust 0.15.3 + aiokafka 0.14; cf. faust-streaming #629/#471). Failover then
         # restores from the changelog instead of a hot standby.
         table_standby_replicas=0,
+        Monitor=faust_fixes.QuietMonitor,  # no per-record sensor bookkeeping
     )
     t = settings.topics
     key = settings.pseudonym_key_bytes()

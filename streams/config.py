@@ -65,6 +65,8 @@ class Settings(BaseSettings):
     # --- stream batching: per-message costs in Faust/aiokafka dominate, so stages exchange batches ------------------
     batch_size: int = Field(1000, ge=1, description="input records handled (and published on) together at most")
     batch_seconds: float = Field(0.05, gt=0, description="wait at most this long to fill an input batch")
+    batch_messages: int = Field(64, ge=1, description="region-delta messages (each a batch) the region stage takes "
+                                "together at most: a region's state is copied and written once per such batch")
 
     # --- warehouse sink (cf. Kafka Connect JDBC: batch.size, linger, upsert keyed on the record's id) ---------------
     sink_batch_size: int = Field(2000, ge=1, description="rows per database transaction at most")

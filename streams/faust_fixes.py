@@ -33,6 +33,7 @@ import weakref
 from importlib.metadata import version
 
 from faust import App
+from faust.sensors import Monitor
 from faust.streams import _current_event
 from faust.transport.consumer import Consumer
 from faust.transport.producer import ProducerBuffer
@@ -52,6 +53,15 @@ ORIGINALS = {
     "ProducerBuffer._send_pending": ProducerBuffer._send_pending,
     "ProducerBuffer._handle_pending": ProducerBuffer._handle_pending,  # calls _send_pending, sets message_sent
     "App._on_agent_error": App._on_agent_error,  # every agent's on_error: commits the consumer's offsets
+    # the per-record hooks QuietMonitor turns off (nothing of ours reads what they count)
+    "Monitor.on_message_in": Monitor.on_message_in,
+    "Monitor.on_stream_event_in": Monitor.on_stream_event_in,
+    "Monitor.on_stream_event_out": Monitor.on_stream_event_out,
+    "Monitor.on_message_out": Monitor.on_message_out,
+    "Monitor.on_table_get": Monitor.on_table_get,
+    "Monitor.on_table_set": Monitor.on_table_set,
+    "Monitor.on_send_initiated": Monitor.on_send_initiated,
+    "Monitor.on_send_completed": Monitor.on_send_completed,
 }
 log = logging.getLogger(__name__)
 _perform_seek = ORIGINALS["Consumer.perform_seek"]
@@ -217,6 +227,37 @@ async def _stage_failed_exits(self: App, agent, exc: BaseException) -> None:
     (streams/faults.py ``stage_failed``)."""
     from streams.faults import stage_failed
     await stage_failed(agent, exc)
+
+
+class QuietMonitor(Monitor):
+    """Faust's built-in sensor (``Monitor`` setting) without its per-record bookkeeping: counters, time stamps
+    and per-stream dictionaries updated for every record read, event, table access and send — state only
+    Faust's own /stats pages read. Ours are Prometheus metrics counted per batch (streams/metrics.py). Rebalance,
+    commit and assignment hooks are kept. Measured on the no-op agent: ~+17 % (../shared/PERF.md)."""
+
+    def on_message_in(self, tp, offset, message) -> None:
+        pass
+
+    def on_stream_event_in(self, tp, offset, stream, event) -> None:
+        return None
+
+    def on_stream_event_out(self, tp, offset, stream, event, state=None) -> None:
+        pass
+
+    def on_message_out(self, tp, offset, message) -> None:
+        pass
+
+    def on_table_get(self, table, key) -> None:
+        pass
+
+    def on_table_set(self, table, key, value) -> None:
+        pass
+
+    def on_send_initiated(self, producer, topic, message, keysize, valsize) -> None:
+        return None
+
+    def on_send_completed(self, producer, state, metadata) -> None:
+        pass
 
 
 def read_positions(app) -> dict:
