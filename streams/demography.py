@@ -1,7 +1,7 @@
 """Coarse attributes read from a NIK before it is pseudonymised, and small-cell suppression of counts over them.
 
 A NIK is PPKKCC DDMMYY SSSS: province, regency/city, district (kecamatan), birth date (women: day + 40), serial
-(Dukcapil layout; ../shared/README.md). Only three coarse attributes leave the ingest stage: the district code, an
+(the Dukcapil layout, docs/domain.md). Only three coarse attributes leave the ingest stage: the district code, an
 age band at the event's time and the sex. Counts over them are published only for cells of at least
 ``MIN_CELL`` people (docs/domain.md "Breakdowns and small cells")."""
 from __future__ import annotations
