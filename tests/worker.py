@@ -12,7 +12,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from streams.config import Settings
-from streams.launcher.process import free_port
+from streams.launcher.process import free_port, spawn
 
 
 class Service:
@@ -32,9 +32,9 @@ class Service:
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 90):
-        with open(self.log, "a") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "streams.cli", self.command], stdout=out,
-                                         stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
+        # dies with the process that started it (the launcher's parent-death signal): a benchmark killed by its
+        # test's timeout left two workers running for an hour beside the next CI runs
+        self.proc = spawn([sys.executable, "-m", "streams.cli", self.command], self.log, env=self.env)
         RUNNING.append(self)
         self.wait(self.ready, timeout, f"{self.command} to start")
         return self
