@@ -39,6 +39,8 @@ from faust.transport.consumer import Consumer
 from faust.transport.producer import ProducerBuffer
 from faust.utils.functional import consecutive_numbers
 
+from streams.faults import stage_failed
+
 #: the versions these patches were written against and checked on (tests/test_faust_fixes.py also pins the source
 #: of every patched method): an upgrade must re-check each patch against its upstream issue, then update both
 VERSIONS = {"faust-streaming": "0.15.3", "mode-streaming": "0.7.1", "aiokafka": "0.14.0"}
@@ -225,7 +227,6 @@ async def _stage_failed_exits(self: App, agent, exc: BaseException) -> None:
     never applied (upstream: faust-streaming #315 and robinhood/faust #604, both open: the failing record's offset
     is skipped after the agent restarts). Here the process exits without committing instead
     (streams/faults.py ``stage_failed``)."""
-    from streams.faults import stage_failed
     await stage_failed(agent, exc)
 
 

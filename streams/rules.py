@@ -404,8 +404,7 @@ def region_view(region: Region, stats: dict | None, clock_ms: int, grace_months:
 def not_renewed(region: Region, in_force: dict[str, int]) -> set[str]:
     """Funders whose budget for the region's vulnerable workers was not renewed: they had places (at the start or
     by a dated change) and have none in force now. Their members leave the programme (``exited.budget_ended``)."""
-    had = set(region.quota) | {funder for _, funder, _ in region.quota_changes}
-    return {funder for funder in had if in_force.get(funder, 0) == 0}
+    return {funder for funder in region.funders if in_force.get(funder, 0) == 0}
 
 
 def without_ended(hist: dict, fhist: dict, ended: set[str]) -> tuple[dict, int]:

@@ -64,8 +64,7 @@ def expected_regions(events, grace_months: int = 3, scale: float = 1.0, clock_ms
     for code, region in regions().items():
         cohorts, breakdowns = {}, {}
         in_force = region.quota_at(clock - 1)  # the places in force at the clock (reference data; ``clock`` from 1)
-        had = set(region.quota) | {funder for _, funder, _ in region.quota_changes}
-        not_renewed = {f for f in had if not in_force.get(f)}  # places before, none now: its members left
+        not_renewed = {f for f in region.funders if not in_force.get(f)}  # places before, none now: its members left
         for cohort in ("VULNERABLE_WORKER", "NON_CIVIL_SERVANT", "GENERAL"):
             registered = [(k, p) for k, p in people.items() if p["region"] == code and p["cohort"] == cohort]
             gone = not_renewed if cohort == "VULNERABLE_WORKER" else set()

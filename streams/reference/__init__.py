@@ -43,6 +43,11 @@ class Region:
         """The quota per funder in force in ``period`` (months since year 0, as streams.rules.period_index)."""
         return _in_force(self.quota, self.quota_changes, period)
 
+    @property
+    def funders(self) -> set[str]:
+        """Every funder that has or had places here: at the start or by a dated change."""
+        return set(self.quota) | {funder for _, funder, _ in self.quota_changes}
+
     def target_at(self, period: int) -> dict[str, int]:
         """The target per cohort in force in ``period`` (the coverage denominators of that month)."""
         return _in_force(self.target, self.target_changes, period)

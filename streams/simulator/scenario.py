@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Iterator
 
 from streams.reference import Region, regions
+from streams.rules import period_index
 
 SCENARIO_FILE = Path(__file__).with_name("scenario.toml")
 DAY_MS = 86_400_000
@@ -212,8 +213,7 @@ class _Generator:
     def vulnerable_funding(self, region: Region, month: int) -> str:
         """A funder with places left in the quotas in force that month (dated: a regency programme or an APBD-P),
         drawn by remaining places (scaled)."""
-        year, mon = map(int, period(self.sc.start, month).split("-"))
-        in_force = {src: q for src, q in region.quota_at(year * 12 + mon - 1).items() if q > 0}
+        in_force = {src: q for src, q in region.quota_at(period_index(period(self.sc.start, month))).items() if q > 0}
         remaining = {src: q * self.sc.scale - self.quota_used.get((region.code, src), 0) for src, q in in_force.items()}
         open_ = {src: left for src, left in remaining.items() if left > 0}
         pool = open_ or in_force  # all quotas used up: over-quota registrations still happen
