@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import logging
 import weakref
+from time import monotonic
 from importlib.metadata import version
 
 from faust import App
@@ -217,8 +218,27 @@ class InOrder:
         # a seek, and each moves its read offset past ``expected`` again, so a single early seek left the
         # re-fetched record below the read offset, dropped for good — the partition stalled (the join-and-leave
         # drill under load, 2026-11-26). The last seek comes after the batch's last record.
+        await _after_read_offset_passes(consumer, tp, offset)
         await consumer.seek(tp, expected)
         return False
+
+
+async def _after_read_offset_passes(consumer, tp, offset: int, *, limit: float = 1.0) -> None:
+    """Returns once Faust's fetch loop has recorded ``offset`` as read. It records a record as read only after
+    delivering it (``_drain_messages``: deliver, then set the read offset), and the agent can take the record
+    from its queue and seek before the fetch loop gets there: the fetch loop then moved the read offset past the
+    seek's again, every re-fetched record below it was dropped, and the last one handed over again came before
+    the hole again — the partition stalled for good, every time (tests/test_faust_fixes.py reproduces it on the
+    broker; the crash drill under load stalled that way, 2026-11-26). Bounded: a fetch loop that stopped (a
+    rebalance) seeks again after it anyway."""
+    loop = asyncio.get_running_loop()
+    deadline, turns = loop.time() + limit, 0
+    while loop.time() < deadline:
+        read = consumer._read_offset.get(tp)
+        if read is not None and read >= offset:
+            return
+        turns += 1
+        await asyncio.sleep(0 if turns < 50 else 0.001)  # a few loop turns are usually enough
 
 
 async def _stage_failed_exits(self: App, agent, exc: BaseException) -> None:
@@ -240,6 +260,9 @@ class QuietMonitor(Monitor):
         pass
 
     def on_stream_event_in(self, tp, offset, stream, event) -> None:
+        # kept: Faust's consumer reads it to warn of a partition whose stream stopped processing ("Stream has not
+        # started processing TP…"); without it that warning fired for every partition, stalled or not
+        self.stream_inbound_time[tp] = monotonic()
         return None
 
     def on_stream_event_out(self, tp, offset, stream, event, state=None) -> None:

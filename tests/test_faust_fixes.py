@@ -7,7 +7,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import inspect
+import re
+import sys
 from collections import defaultdict
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -149,6 +152,9 @@ def test_the_app_s_monitor_keeps_no_per_record_bookkeeping(tmp_path):
     stock = Monitor()  # the check can fail: Faust's own monitor counts the same call
     stock.on_message_in(type("TP", (), {"topic": "t"})(), 0, type("M", (), {})())
     assert stock.messages_received_total == 1
+    # ...but keeps when each partition's stream last took an event: Faust warns of a stalled stream from it
+    monitor.on_stream_event_in("tp", 0, object(), object())
+    assert "tp" in monitor.stream_inbound_time
 
 
 # --- in offset order: a record handed over past a hole is held back and the partition read again -------------
@@ -158,6 +164,7 @@ class FakeConsumer:
 
     def __init__(self, committed):
         self._committed_offset = defaultdict(lambda: None, {TP_: committed})
+        self._read_offset = defaultdict(lambda: None)
         self.seeks = []
 
     async def seek(self, tp, offset):
@@ -170,8 +177,12 @@ TP_ = TopicPartition(topic="region-deltas", partition=1)
 def handed(gate: faust_fixes.InOrder, offsets: list[int]) -> list[int]:
     """The offsets ``gate`` lets through, of those handed over in this order."""
     async def run():
-        return [o for o in offsets
-                if await gate.admit(SimpleNamespace(message=SimpleNamespace(tp=TP_, offset=o)))]
+        admitted = []
+        for o in offsets:
+            gate.app.consumer._read_offset[TP_] = o  # Faust's fetch loop records it as read
+            if await gate.admit(SimpleNamespace(message=SimpleNamespace(tp=TP_, offset=o))):
+                admitted.append(o)
+        return admitted
     return asyncio.run(run())
 
 
@@ -200,3 +211,38 @@ def test_a_withheld_offset_holds_the_commit_below_it():
     books.withheld = {TP: set()}
     books._acked[TP] += [2]
     assert new_offset(books, TP) == 5
+
+
+def test_a_partition_sought_back_to_a_hole_is_read_to_its_end_on_the_broker(kafka, tmp_path):
+    """Faust drops the first delivery of one record (as around recovery); InOrder holds back what comes after it
+    and seeks back. Before the fix the partition stalled for good, every time: the agent sought before Faust's
+    fetch loop recorded the withheld record as read, which then moved the read offset past the seek again and
+    dropped every re-fetched record below it (the crash drill stalled that way under load, 2026-11-26)."""
+    from confluent_kafka import Producer
+
+    from streams.launcher.process import log_tail, spawn
+    from tests.conftest import unique
+    from tests.helpers import wait_for
+
+    topic, total, drop = unique("inorder"), 60, 10
+    producer = Producer({"bootstrap.servers": kafka.bootstrap})
+    for i in range(total):
+        producer.produce(topic, key=b"k", value=str(i).encode(), partition=0)
+    producer.flush()
+    log = tmp_path / "app.log"
+    env = {"APP_ID": topic, "BOOTSTRAP": kafka.bootstrap, "TOPIC": topic, "DROP_OFFSET": str(drop),
+           "DATADIR": str(tmp_path / "data"), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = spawn([sys.executable, str(Path(__file__).with_name("in_order_app.py")), "worker", "-l", "info"], log,
+                 env=env)
+    try:
+        def processed() -> list[int]:
+            return [int(n) for n in re.findall(r"processed=(\d+)", log.read_text(errors="replace"))]
+        try:
+            wait_for(lambda: len(processed()) >= total, 90, f"all {total} offsets processed")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; processed {len(processed())}\n{log_tail(log)}") from None
+        assert processed() == list(range(total))  # each once, in offset order
+        assert f"offset {drop + 1} handed over before {drop}" in log.read_text()  # the hole was there
+    finally:
+        proc.terminate()
+        proc.wait(30)
