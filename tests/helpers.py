@@ -96,6 +96,24 @@ def unread(bootstrap: str, group: str, topics) -> int:
         consumer.close()
 
 
+def behind(bootstrap: str, group: str, topics) -> dict[str, tuple[int, int]]:
+    """``topic[partition]`` -> (committed, end offset) for every partition of ``topics`` that consumer group
+    ``group`` has not committed to its end: what a drill that timed out waiting for commits was stuck on."""
+    from confluent_kafka import Consumer, TopicPartition
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        metadata = consumer.list_topics(timeout=10).topics
+        tps = [TopicPartition(t, p) for t in topics if t in metadata for p in metadata[t].partitions]
+        out = {}
+        for tp in consumer.committed(tps, timeout=10):
+            high = consumer.get_watermark_offsets(tp, timeout=10)[1]
+            if tp.offset < high:
+                out[f"{tp.topic}[{tp.partition}]"] = (tp.offset, high)
+        return out
+    finally:
+        consumer.close()
+
+
 def assigned_members(bootstrap: str, group: str) -> int:
     """Members of consumer group ``group`` that hold partitions now (0 while it rebalances)."""
     from confluent_kafka.admin import AdminClient

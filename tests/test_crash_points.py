@@ -12,7 +12,7 @@ from streams.config import Settings
 from streams.simulator import Scenario
 from tests.conftest import unique
 from tests.expected import expected_regions
-from tests.helpers import MixedLoad, committed_offsets, unread
+from tests.helpers import MixedLoad, behind, committed_offsets, unread
 from tests.test_topology import assert_regions_soon, publish
 from tests.worker import Worker
 
@@ -63,7 +63,12 @@ def finish(settings: Settings, tmp_path, total: int) -> Worker:
     """A worker that has committed every input record (if it does not, tests/conftest.py stops it after the
     test)."""
     worker = Worker(settings, tmp_path / "final.log").start()
-    worker.wait(lambda: input_committed(settings) >= total, 300, "every input record committed")
+    try:
+        worker.wait(lambda: input_committed(settings) >= total, 300, "every input record committed")
+    except AssertionError as exc:
+        topics = [*settings.topics.inputs, f"{settings.app_id}-participant-events", f"{settings.app_id}-region-deltas"]
+        lag = behind(settings.kafka_bootstrap_servers, settings.app_id, topics)
+        raise AssertionError(f"partitions not committed to their end (committed, end): {lag}\n{exc}") from None
     return worker
 
 
