@@ -2,8 +2,10 @@
 
 Each participant-events message is a batch (streams/ingest.py). Write order, the crash-exactness argument
 (docs/reliability.md, "Write order"): (1) the batch's region deltas, one message per region, are sent and
-*acknowledged*; (2) then the participant states are written (Faust's changelog); (3) Faust commits the input
-offset only after its producer is flushed (streams/faust_fixes.py makes that flush wait for every state write).
+*acknowledged*; (2) then the participant states are written to the table and its changelog, batched, and
+*acknowledged* too (streams/faust_fixes.py ``set_durably``); (3) only then is the message done, and Faust commits
+its offset after flushing its producer (the partition's clock is a Faust table write: faust_fixes makes that flush
+wait for it).
 A crash after (1) re-reads the message: its events are not duplicates yet, the same deltas go out again with the
 same ``src`` = [partition, offset, index], and the region stage applies each ``src`` once. A state can never be
 durable before the deltas it caused — the order that lost updates (the re-read events were duplicates, their
@@ -81,11 +83,12 @@ def register(topo) -> None:
             await topo.participant_events.send(key=None, value={"events": [{"kind": "Tick", "src": None, "at": 0}]},
                                                partition=partition)
 
-    def write(folded: Folded, partition: int) -> None:
-        for key, state in folded.states.items():
-            topo.participants[key] = state
+    async def write(folded: Folded, event) -> None:
+        """The participants' states, acknowledged by the broker, one produce request per changelog batch
+        (faust_fixes.set_durably); then the partition's clock."""
+        await faust_fixes.set_durably(topo.participants, folded.states, event)
         if folded.clock is not None:
-            topo.clocks[str(partition)] = folded.clock.stored()
+            topo.clocks[str(event.message.partition)] = folded.clock.stored()
 
     in_order = faust_fixes.InOrder(topo.app, topo.participant_events.get_topic_name())
 
@@ -99,14 +102,14 @@ def register(topo) -> None:
                                   topo.clocks.get(str(partition)), codes, topo.input_partitions, time.time(),
                                   STARTED, settings.clock_idle_seconds)
             if topo.faults.fires("participants:state-first"):  # drills only: the losing order, forced
-                write(folded, partition)
+                await write(folded, event)
                 await topo.faults.kill("participants:state-first", topo.app.producer)
             sent = []
             for code, batch in folded.deltas.items():
                 sent += await send_batch(topo.region_deltas, "deltas", batch, key=code)
             await acknowledged(sent)
             await topo.faults.reached("participants:deltas-acked", topo.app.producer)
-            write(folded, partition)
+            await write(folded, event)
             await topo.faults.reached("participants:state-durable", topo.app.producer)
             for (topic, outcome), n in folded.outcomes.items():
                 EVENTS.labels(topic, outcome).inc(n)

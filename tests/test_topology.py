@@ -228,6 +228,15 @@ def test_restart_recovers_identical_tables_from_changelogs(kafka, registry, tmp_
         # every table partition's database was opened with the bounded memory settings (RocksDB's OPTIONS files)
         options = [path.read_text() for path in (settings.state_dir / "faust").rglob("OPTIONS-*")]
         assert options and all(f"write_buffer_size={settings.rocksdb_write_buffer_mb << 20}\n" in o for o in options)
+    # the participant states reach their changelog in batches (faust_fixes.set_durably) as a table set would
+    # write them: every participant of the first half, on the partition of the participant events that changed it
+    from streams.ingest import pe_partition
+    from streams.rules import participant_key
+    records = read_all(kafka.bootstrap, f"{settings.app_id}-participants-changelog")
+    assert {json.loads(r.key) for r in records} == {participant_key(e.key, settings.pseudonym_key_bytes())
+                                                  for e in first}
+    assert all(r.partition == pe_partition(json.loads(r.key), 3) and isinstance(json.loads(r.value), dict)
+               for r in records)
     # a new process: tables come back from the changelogs (memory) or local RocksDB + changelog (rocksdb)
     worker = Worker(settings, tmp_path / "worker2.log")
     try:
