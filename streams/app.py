@@ -76,6 +76,7 @@ def create_app(settings: Settings) -> Topology:
         table_standby_replicas=0,
         Monitor=faust_fixes.QuietMonitor,  # no per-record sensor bookkeeping
     )
+    faust_fixes.fetch_max_wait(app, settings.consumer_fetch_wait_ms)
     t = settings.topics
     key = settings.pseudonym_key_bytes()
     options = settings.rocksdb_options() if settings.store == "rocksdb" else None

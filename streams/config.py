@@ -91,6 +91,9 @@ class Settings(BaseSettings):
     # megabytes per input and internal partition held at once. A quarter of that kept the worker's speed
     # (benchmarks/: 40k-event backlog, peak RSS 164 -> 129 MB with the memory store).
     consumer_max_fetch_kb: int = Field(256, ge=1, description="bytes fetched per partition per request (KiB)")
+    # Faust's 1.5 s: a fetch parked on caught-up internal topics held back the inputs behind it (faust_fixes)
+    consumer_fetch_wait_ms: int = Field(100, ge=0, le=1500, description="longest the broker may hold a worker's "
+                                        "fetch request that has no data yet (ms)")
     profile_path: Path | None = Field(None, description="write a pyinstrument CPU profile of the worker here "
                                          "(.html and .txt) when it stops (benchmarks)")
     processing_guarantee: Literal["at_least_once", "exactly_once"] = Field(

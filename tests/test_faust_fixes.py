@@ -118,6 +118,7 @@ PINNED = {
     "ProducerBuffer._send_pending": "4a9d5f932b56bc68",
     "ProducerBuffer._handle_pending": "78d648030fd21016",
     "App._on_agent_error": "bdd12f286de64429",
+    "AIOKafkaConsumerThread._create_worker_consumer": "c2701bfc3e6f6cad",
     "Table.on_key_set": "a370e35ca55c2c7e",
     "Collection.send_changelog": "3dd3884e1b5fc0e1",
     "Collection._on_changelog_sent": "60122c86a120d82c",
@@ -160,6 +161,20 @@ def test_the_app_s_monitor_keeps_no_per_record_bookkeeping(tmp_path):
     # ...but keeps when each partition's stream last took an event: Faust warns of a stalled stream from it
     monitor.on_stream_event_in("tp", 0, object(), object())
     assert "tp" in monitor.stream_inbound_time
+
+
+def test_the_worker_consumer_fetches_with_the_configured_wait(tmp_path):
+    """Faust writes fetch_max_wait_ms=1500 into its worker consumer; the app's consumer gets the setting instead
+    (the check can fail: without the patch the aiokafka consumer says 1500)."""
+    from streams.app import create_app
+    from streams.config import Settings
+
+    async def consumer_wait() -> int:
+        topo = create_app(Settings(app_id="fetch-wait", store="memory", state_dir=tmp_path,
+                                   consumer_fetch_wait_ms=77))
+        thread = topo.app.consumer._thread
+        return thread._create_worker_consumer(topo.app.transport)._fetch_max_wait_ms
+    assert asyncio.run(consumer_wait()) == 77
 
 
 # --- in offset order: a record handed over past a hole is held back and the partition read again -------------
