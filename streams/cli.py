@@ -204,15 +204,14 @@ def regions(on: Optional[str] = typer.Option(None, help="the month (YYYY-MM) who
     """The 10 regions with their targets and quotas in force in a month (reference data)."""
     from streams.reference import reference
     from streams.rules import period_index
+    from streams.validation import Invalid, parse_period
     ref = reference()
     month = on or datetime.now(timezone.utc).strftime("%Y-%m")
     try:
-        period = period_index(month)
-        valid = 1 <= int(month.split("-")[1]) <= 12
-    except ValueError:
-        valid = False
-    if not valid:
-        raise typer.BadParameter(f"{month!r} is not a month (YYYY-MM)", param_hint="--on")
+        parse_period(month)  # the contract's YYYY-MM check
+    except Invalid:
+        raise typer.BadParameter(f"{month!r} is not a month (YYYY-MM)", param_hint="--on") from None
+    period = period_index(month)
     table = Table(title=f"Kaltim regions in {month} — province quota {ref.province_quota:,} "
                         f"({ref.programme_start} … {ref.programme_end})")
     for col in ("code", "name", "kind", "population", "province quota", "regency/city quota", "other funders",

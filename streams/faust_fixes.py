@@ -33,8 +33,8 @@ import asyncio
 import contextlib
 import logging
 import weakref
-from time import monotonic
 from importlib.metadata import version
+from time import monotonic
 
 from aiokafka.producer.message_accumulator import BatchBuilder
 from faust import App, Table, Topic
@@ -216,18 +216,17 @@ async def set_durably(table, items: dict, event) -> None:
     topic = table.changelog_topic
     name, partition = topic.get_topic_name(), event.message.partition
     producer = app.producer._ensure_producer()
-    with routed_by(event):
-        for key, value in items.items():
-            table.data[key] = value  # the store only: Table.__setitem__ would also send a changelog record per key
-    sent, batch = [], None
+    new_batch = lambda: BatchBuilder(CHANGELOG_BATCH_BYTES, producer._message_accumulator._compression_type)
+    sent, batch = [], new_batch()
     for key, value in items.items():
+        with routed_by(event):
+            table.data[key] = value  # the store only: Table.__setitem__ would also send a changelog record per key
         k, _ = topic.prepare_key(key, table.key_serializer)
         v, _ = topic.prepare_value(value, table.value_serializer)
-        if batch is None or batch.append(timestamp=None, key=k, value=v) is None:
-            if batch is not None:
-                sent.append((await producer.send_batch(batch, name, partition=partition), batch.record_count()))
-            batch = BatchBuilder(CHANGELOG_BATCH_BYTES, producer._message_accumulator._compression_type)
-            batch.append(timestamp=None, key=k, value=v)  # the first record always fits
+        if batch.append(timestamp=None, key=k, value=v) is None:  # full: send it, start the next
+            sent.append((await producer.send_batch(batch, name, partition=partition), batch.record_count()))
+            batch = new_batch()
+            batch.append(timestamp=None, key=k, value=v)  # the first record of a batch always fits
     sent.append((await producer.send_batch(batch, name, partition=partition), batch.record_count()))
     for delivery, count in sent:
         metadata = await delivery

@@ -82,23 +82,13 @@ def committed_offsets(bootstrap: str, group: str, topics=None) -> int:
 
 def unread(bootstrap: str, group: str, topics) -> int:
     """Records of ``topics`` (every partition) past what consumer group ``group`` has committed."""
-    from confluent_kafka import Consumer, TopicPartition
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
-    try:
-        metadata = consumer.list_topics(timeout=10).topics
-        tps = [TopicPartition(t, p) for t in topics if t in metadata for p in metadata[t].partitions]
-        total = 0
-        for tp in consumer.committed(tps, timeout=10):
-            low, high = consumer.get_watermark_offsets(tp, timeout=10)
-            total += high - (tp.offset if tp.offset >= 0 else low)
-        return total
-    finally:
-        consumer.close()
+    return sum(end - start for start, end in behind(bootstrap, group, topics).values())
 
 
 def behind(bootstrap: str, group: str, topics) -> dict[str, tuple[int, int]]:
-    """``topic[partition]`` -> (committed, end offset) for every partition of ``topics`` that consumer group
-    ``group`` has not committed to its end: what a drill that timed out waiting for commits was stuck on."""
+    """``topic[partition]`` -> (where ``group`` resumes: its committed offset, else the earliest, end offset) for
+    every partition of ``topics`` with records past it: what a drill that timed out waiting for commits was stuck
+    on."""
     from confluent_kafka import Consumer, TopicPartition
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
     try:
@@ -106,9 +96,10 @@ def behind(bootstrap: str, group: str, topics) -> dict[str, tuple[int, int]]:
         tps = [TopicPartition(t, p) for t in topics if t in metadata for p in metadata[t].partitions]
         out = {}
         for tp in consumer.committed(tps, timeout=10):
-            high = consumer.get_watermark_offsets(tp, timeout=10)[1]
-            if tp.offset < high:
-                out[f"{tp.topic}[{tp.partition}]"] = (tp.offset, high)
+            low, high = consumer.get_watermark_offsets(tp, timeout=10)
+            start = tp.offset if tp.offset >= 0 else low
+            if start < high:
+                out[f"{tp.topic}[{tp.partition}]"] = (start, high)
         return out
     finally:
         consumer.close()

@@ -29,13 +29,17 @@ def input_committed(settings: Settings) -> int:
     return committed_offsets(settings.kafka_bootstrap_servers, settings.app_id, set(settings.topics.inputs))
 
 
+def pipeline_topics(settings: Settings) -> list[str]:
+    """What the worker's stages read: the inputs and both internal topics."""
+    return [*settings.topics.inputs, f"{settings.app_id}-participant-events", f"{settings.app_id}-region-deltas"]
+
+
 def all_read(settings: Settings) -> bool:
     """Every stage has committed all it was given: the inputs and both internal topics (the idle-source timer
     adds a tick to participant events every few seconds, so this is true between such a tick and its commit)."""
     from confluent_kafka import KafkaException
-    topics = [*settings.topics.inputs, f"{settings.app_id}-participant-events", f"{settings.app_id}-region-deltas"]
     try:
-        return unread(settings.kafka_bootstrap_servers, settings.app_id, topics) == 0
+        return unread(settings.kafka_bootstrap_servers, settings.app_id, pipeline_topics(settings)) == 0
     except KafkaException:  # e.g. an internal topic being created: not read yet
         return False
 
@@ -66,9 +70,8 @@ def finish(settings: Settings, tmp_path, total: int) -> Worker:
     try:
         worker.wait(lambda: input_committed(settings) >= total, 300, "every input record committed")
     except AssertionError as exc:
-        topics = [*settings.topics.inputs, f"{settings.app_id}-participant-events", f"{settings.app_id}-region-deltas"]
-        lag = behind(settings.kafka_bootstrap_servers, settings.app_id, topics)
-        raise AssertionError(f"partitions not committed to their end (committed, end): {lag}\n{exc}") from None
+        lag = behind(settings.kafka_bootstrap_servers, settings.app_id, pipeline_topics(settings))
+        raise AssertionError(f"partitions not committed to their end (resumes at, end): {lag}\n{exc}") from None
     return worker
 
 
