@@ -238,8 +238,9 @@ def worker(config: Optional[Path] = ConfigOpt,
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 <pid>` dumps every thread's stack
     privacy.install_log_scrubber()
     s = _settings(config)
-    # The loop stays asyncio for now: with uvloop (mode.loop.use("uvloop")) one changelog recovery stalled for
-    # minutes (no records fetched) in the two-worker test under heavy load on 2026-11-25; not diagnosed yet.
+    if s.event_loop == "uvloop":  # EVENT_LOOP=asyncio to go back (docs/reliability.md, "Open")
+        import mode.loop
+        mode.loop.use("uvloop")  # before Faust creates its loop (and its consumer thread's)
     try:
         topo = create_app(s)
         ensure_topics(s, extra=app_topics(topo))

@@ -65,8 +65,9 @@ class Settings(BaseSettings):
     # --- stream batching: per-message costs in Faust/aiokafka dominate, so stages exchange batches ------------------
     batch_size: int = Field(1000, ge=1, description="input records handled (and published on) together at most")
     batch_seconds: float = Field(0.05, gt=0, description="wait at most this long to fill an input batch")
-    batch_messages: int = Field(64, ge=1, description="region-delta messages (each a batch) the region stage takes "
-                                "together at most: a region's state is copied and written once per such batch")
+    batch_messages: int = Field(64, ge=1, description="internal messages (each a batch) the participant and region "
+                                "stages take together at most: written with one round trip, a region's state "
+                                "copied and written once")
 
     # --- warehouse sink (cf. Kafka Connect JDBC: batch.size, linger, upsert keyed on the record's id) ---------------
     sink_batch_size: int = Field(2000, ge=1, description="rows per database transaction at most")
@@ -94,6 +95,7 @@ class Settings(BaseSettings):
     # Faust's 1.5 s: a fetch parked on caught-up internal topics held back the inputs behind it (faust_fixes)
     consumer_fetch_wait_ms: int = Field(100, ge=0, le=1500, description="longest the broker may hold a worker's "
                                         "fetch request that has no data yet (ms)")
+    event_loop: Literal["uvloop", "asyncio"] = Field("uvloop", description="the worker's event loop")
     profile_path: Path | None = Field(None, description="write a pyinstrument CPU profile of the worker here "
                                          "(.html and .txt) when it stops (benchmarks)")
     processing_guarantee: Literal["at_least_once", "exactly_once"] = Field(
