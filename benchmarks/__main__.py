@@ -194,8 +194,11 @@ def main(quick: bool = typer.Option(False, help="a small run (< 2 min): smoke te
         "one-process sink bound / COPY": (report.ratio(1 / (1 / tp["ceiling"]["events_per_s"] + 1 / copy_rate),
                                                        copy_rate), "(the most for a one-process sink)"),
         "recovery of 1M keys (s)": (results["recovery"]["one_million_keys_s"], "< 30"),
-        "Faust's restore of 1M one-record keys (s)": (
-            round(1_000_000 / max(tp[STATEFUL_FLOOR]["restore"]["records_per_s"], 1), 1), "(the least it can be)"),
+        "Faust's own restore of 1M one-record keys (s)": (
+            round(1_000_000 / max(tp[STATEFUL_FLOOR]["restore"]["records_per_s"], 1), 1), "(the baseline)"),
+        # records/s of our restore (bulk read, our table values) over Faust's own loop (trivial values)
+        "restore rate / Faust's own loop": (report.ratio(results["recovery"]["records_per_s"],
+                                                         tp[STATEFUL_FLOOR]["restore"]["records_per_s"]), "> 1"),
         "RocksDB RSS growth, 10x participants": (growth.get("rocksdb", "not measured with --quick"), "≈ 1 (flat)"),
     }
     results["seconds_total"] = round(time.perf_counter() - clock, 1)

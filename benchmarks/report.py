@@ -48,7 +48,8 @@ def markdown(r: dict) -> str:
               f"{rec['restart_seconds']} s.", ""]
     restore = next((row["restore"] for row in t.values() if "restore" in row), None)
     if restore:
-        lines += [f"Faust's own restore, the stateful floor's one-field table on an empty state directory: "
+        lines += [f"Faust's own restore loop (the bulk read off), the stateful floor's one-field table on an empty "
+                  f"state directory: "
                   f"{restore['changelog_records']:,} records in {restore['seconds']} s "
                   f"(≈ {restore['records_per_s']:,} records/s).", ""]
     if r.get("memory"):

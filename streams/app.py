@@ -48,7 +48,7 @@ class Topology:
 
 def create_app(settings: Settings) -> Topology:
     from streams import faust_fixes, ingest, participants, regions, web
-    faust_fixes.install()
+    faust_fixes.install(settings.bulk_restore)
 
     datadir = settings.state_dir / "faust" / settings.app_id
     datadir.mkdir(parents=True, exist_ok=True)

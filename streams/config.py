@@ -96,6 +96,8 @@ class Settings(BaseSettings):
     consumer_fetch_wait_ms: int = Field(100, ge=0, le=1500, description="longest the broker may hold a worker's "
                                         "fetch request that has no data yet (ms)")
     event_loop: Literal["uvloop", "asyncio"] = Field("uvloop", description="the worker's event loop")
+    bulk_restore: bool = Field(True, description="restore tables from their changelogs in batches with a consumer "
+                               "of our own (streams/faust_fixes.py restore_in_bulk); false: Faust's own loop")
     profile_path: Path | None = Field(None, description="write a pyinstrument CPU profile of the worker here "
                                          "(.html and .txt) when it stops (benchmarks)")
     processing_guarantee: Literal["at_least_once", "exactly_once"] = Field(

@@ -124,6 +124,10 @@ PINNED = {
     "Collection._on_changelog_sent": "60122c86a120d82c",
     "Topic.prepare_key": "e201b689d5cdc828",
     "Topic.prepare_value": "5daf3918f136205c",
+    "Recovery._build_offsets": "27eec86be06cb51f",
+    "Recovery._seek_offsets": "19598ca63d94d250",
+    "Recovery.active_remaining": "0dcc38568ad5018b",
+    "Table.apply_changelog_batch": "b980a78d3ae9b1e8",
     "Monitor.on_message_in": "b2a9a9045b2f456c",
     "Monitor.on_stream_event_in": "df6d2e5f6397ce44",
     "Monitor.on_stream_event_out": "2d2277a6dbda754c",
@@ -263,6 +267,74 @@ def test_a_partition_sought_back_to_a_hole_is_read_to_its_end_on_the_broker(kafk
             raise AssertionError(f"{exc}; processed {len(processed())}\n{log_tail(log)}") from None
         assert processed() == list(range(total))  # each once, in offset order
         assert f"offset {drop + 1} handed over before {drop}" in log.read_text()  # the hole was there
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+@pytest.mark.parametrize("store, bulk, handover_after", [
+    ("memory://", True, None), ("rocksdb://", True, None),  # the bulk read alone
+    ("memory://", True, 1_500), ("rocksdb://", True, 1_500),  # the bulk read, then Faust's loop for the rest
+    ("memory://", False, None),  # Faust's own loop
+])
+def test_a_table_restored_from_its_changelog_holds_each_key_s_last_value(kafka, tmp_path, store, bulk,
+                                                                         handover_after):
+    """A changelog the test wrote (keys overwritten, deleted by tombstones, some set again after that, on four
+    partitions) restored on an empty state directory: the table holds each key's last value and no deleted key,
+    whether the bulk read (faust_fixes.restore_in_bulk) reads it all, hands the rest to Faust's loop, or is off."""
+    import json
+    import random
+    import zlib
+
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    from streams.launcher.process import log_tail, spawn
+    from tests.conftest import unique
+    from tests.helpers import wait_for
+
+    app_id, partitions, rng = unique("restore"), 4, random.Random(17)
+    changelog = f"{app_id}-states-changelog"
+    admin = AdminClient({"bootstrap.servers": kafka.bootstrap})
+    admin.create_topics([NewTopic(changelog, partitions, 1, config={"cleanup.policy": "compact"})])[changelog].result()
+    # idempotent: in the order produced (a retried batch on a topic just created could otherwise land after the next)
+    producer = Producer({"bootstrap.servers": kafka.bootstrap, "linger.ms": 20, "enable.idempotence": True})
+    expected, written = {}, 0
+    for round_ in range(3):
+        for i in rng.sample(range(4_000), 3_000):
+            key = f"p{i:05d}"
+            deleted = round_ > 0 and rng.random() < 0.15
+            value = None if deleted else {"v": round_, "paid": [i, round_], "reg": True}
+            producer.produce(changelog, key=json.dumps(key).encode(),
+                             value=None if value is None else json.dumps(value).encode(),
+                             partition=zlib.crc32(key.encode()) % partitions)
+            written += 1
+            if value is None:
+                expected.pop(key, None)
+            else:
+                expected[key] = value
+    producer.flush()
+    out, log = tmp_path / "table.json", tmp_path / "app.log"
+    env = {"APP_ID": app_id, "BOOTSTRAP": kafka.bootstrap, "STORE": store, "DATADIR": str(tmp_path / "data"),
+           "PARTITIONS": str(partitions), "OUT": str(out), "BULK": "1" if bulk else "0",
+           "HANDOVER_AFTER": str(handover_after or ""), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = spawn([sys.executable, str(Path(__file__).with_name("restore_app.py")), "worker", "-l", "info"], log,
+                 env=env)
+    try:
+        try:
+            wait_for(out.exists, 120, "the table restored")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{log_tail(log)}") from None
+        assert json.loads(out.read_text()) == expected
+        text = log.read_text(errors="replace")
+        in_bulk = [int(n) for n in re.findall(r"Restored (\d+) changelog records in bulk", text)]
+        faust_loop = "Restoring state from changelog topics" in text
+        if not bulk:
+            assert in_bulk == [] and faust_loop
+        elif handover_after is None:
+            assert in_bulk == [written] and not faust_loop  # Faust found nothing left to read
+        else:
+            assert in_bulk == [handover_after] and faust_loop
     finally:
         proc.terminate()
         proc.wait(30)
