@@ -36,6 +36,7 @@ import contextlib
 import gc
 import logging
 import weakref
+from functools import partial
 from importlib.metadata import version
 from time import monotonic
 
@@ -345,14 +346,10 @@ async def restore_in_bulk(recovery: Recovery, offsets) -> None:
         max_partition_fetch_bytes=4 << 20, fetch_max_bytes=16 << 20, check_crcs=conf.broker_check_crcs,
         isolation_level="read_committed" if app.in_transaction else "read_uncommitted",
         **credentials_to_aiokafka_auth(conf.broker_credentials, conf.ssl_context))
-    decoders = {}
-    for tp in todo:
-        table = recovery.tp_to_table[tp]
-        schema = table.changelog_topic.schema
-        decoders[tp] = (
-            lambda key, loads=app.serializers.loads_key, s=schema: loads(s.key_type, key, serializer=s.key_serializer),
-            lambda value, loads=app.serializers.loads_value, s=schema: loads(s.value_type, value,
-                                                                              serializer=s.value_serializer))
+    schemas = {tp: recovery.tp_to_table[tp].changelog_topic.schema for tp in todo}
+    decoders = {tp: (partial(app.serializers.loads_key, s.key_type, serializer=s.key_serializer),
+                     partial(app.serializers.loads_value, s.value_type, serializer=s.value_serializer))
+                for tp, s in schemas.items()}
     read, last_progress = 0, monotonic()
     collecting = gc.isenabled()
     gc.disable()  # every record adds containers to the heap: the cyclic collector's passes cost more than decoding
