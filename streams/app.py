@@ -20,7 +20,7 @@ import faust
 from streams.config import Settings
 from streams.faults import FaultPoints
 from streams.serde import AvroSerde
-from streams.topics import CHANGELOG_CONFIG, WHOLE_STATE_CHANGELOG_CONFIG
+from streams.topics import CHANGELOG_CONFIG
 
 
 @dataclass
@@ -91,7 +91,7 @@ def create_app(settings: Settings) -> Topology:
         participants=app.Table("participants", default=None, key_type=str, options=options,
                                extra_topic_configs=CHANGELOG_CONFIG),
         regions=app.Table("regions", default=None, key_type=str, options=options,
-                          extra_topic_configs=WHOLE_STATE_CHANGELOG_CONFIG),
+                          extra_topic_configs=CHANGELOG_CONFIG),
         read_model=None,
         watermarks=app.Table("watermarks", default=None, key_type=str, options=options,
                              extra_topic_configs=CHANGELOG_CONFIG),

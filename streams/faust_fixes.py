@@ -210,40 +210,46 @@ def routed_by(event):
 CHANGELOG_BATCH_BYTES = 512 << 10
 
 
-async def set_durably(table, items: dict, event) -> None:
-    """Set ``items`` in ``table`` and write them to its changelog, returning once the broker has acknowledged
-    every record. The store is updated and the changelog partition chosen as ``Table.__setitem__`` does (by
-    ``event``'s partition) and the records are the bytes Faust would write (the changelog topic's own key and value
-    serializers: a restore reads them back unchanged), but they go out as one produce request per
-    ``CHANGELOG_BATCH_BYTES`` instead of one send per key through Faust's producer buffer — a Faust table set cost
-    ~120 µs a key on this machine kind (../shared/PERF.md), more than decoding, validating and folding the event.
-    Acknowledged before this returns: the caller's input offset is committed only after it (the write order of
-    docs/reliability.md), without depending on the producer flush before the commit. RocksDB: the persisted offset
-    is advanced as Faust's ``_on_changelog_sent`` does. In ``exactly_once`` mode Faust's own path is kept (its
-    transaction must carry the records)."""
-    if not items:
+async def set_durably(table, writes: list[tuple[dict, object]]) -> None:
+    """Set each ``(items, event)`` of ``writes`` in ``table`` and write the items to its changelog, returning once
+    the broker has acknowledged every record. The store is updated and the changelog partition chosen as
+    ``Table.__setitem__`` does (by ``event``'s partition) and the records are the bytes Faust would write (the
+    changelog topic's own key and value serializers: a restore reads them back unchanged), but they go out as one
+    produce request per ``CHANGELOG_BATCH_BYTES`` instead of one send per key through Faust's producer buffer — a
+    Faust table set cost ~120 µs a key on this machine kind (../shared/PERF.md), more than decoding, validating and
+    folding the event. Every partition's batches are sent before any acknowledgement is awaited (one round trip
+    for the lot, not one per partition in turn). Acknowledged before this returns: the caller's input offset is
+    committed only after it (the write order of docs/reliability.md), without depending on the producer flush
+    before the commit. RocksDB: the persisted offset is advanced as Faust's ``_on_changelog_sent`` does. In
+    ``exactly_once`` mode Faust's own path is kept (its transaction must carry the records)."""
+    writes = [(items, event) for items, event in writes if items]
+    if not writes:
         return
     app = table.app
     if app.in_transaction:
-        with routed_by(event):
-            for key, value in items.items():
-                table[key] = value
+        for items, event in writes:
+            with routed_by(event):
+                for key, value in items.items():
+                    table[key] = value
         return
     topic = table.changelog_topic
-    name, partition = topic.get_topic_name(), event.message.partition
+    name = topic.get_topic_name()
     producer = app.producer._ensure_producer()
     new_batch = lambda: BatchBuilder(CHANGELOG_BATCH_BYTES, producer._message_accumulator._compression_type)
-    sent, batch = [], new_batch()
-    for key, value in items.items():
-        with routed_by(event):
-            table.data[key] = value  # the store only: Table.__setitem__ would also send a changelog record per key
-        k, _ = topic.prepare_key(key, table.key_serializer)
-        v, _ = topic.prepare_value(value, table.value_serializer)
-        if batch.append(timestamp=None, key=k, value=v) is None:  # full: send it, start the next
-            sent.append((await producer.send_batch(batch, name, partition=partition), batch.record_count()))
-            batch = new_batch()
-            batch.append(timestamp=None, key=k, value=v)  # the first record of a batch always fits
-    sent.append((await producer.send_batch(batch, name, partition=partition), batch.record_count()))
+    sent = []
+    for items, event in writes:
+        partition, batch = event.message.partition, new_batch()
+        with routed_by(event):  # the store's partition (RocksDB): a task-local context, kept across the sends
+            for key, value in items.items():
+                table.data[key] = value  # the store only: Table.__setitem__ would also send a changelog record
+                k, _ = topic.prepare_key(key, table.key_serializer)
+                v, _ = topic.prepare_value(value, table.value_serializer)
+                if batch.append(timestamp=None, key=k, value=v) is None:  # full: send it, start the next
+                    sent.append((await producer.send_batch(batch, name, partition=partition),
+                                 batch.record_count()))
+                    batch = new_batch()
+                    batch.append(timestamp=None, key=k, value=v)  # the first record of a batch always fits
+        sent.append((await producer.send_batch(batch, name, partition=partition), batch.record_count()))
     for delivery, count in sent:
         metadata = await delivery
         table.data.set_persisted_offset(metadata.topic_partition, metadata.offset + count - 1)

@@ -88,10 +88,9 @@ def register(topo) -> None:
                                                partition=partition)
 
     async def write(states: dict[int, tuple[dict, object]], clocks_of: dict[int, clocks.SourceClock]) -> None:
-        """The participants' states per partition, acknowledged by the broker, one produce request per changelog
-        batch (faust_fixes.set_durably); then each partition's clock."""
-        for partition, (items, event) in states.items():
-            await faust_fixes.set_durably(topo.participants, items, event)
+        """The participants' states of every partition, acknowledged by the broker, one produce request per
+        changelog batch and one wait for them all (faust_fixes.set_durably); then each partition's clock."""
+        await faust_fixes.set_durably(topo.participants, list(states.values()))
         for partition, source_clock in clocks_of.items():
             with faust_fixes.routed_by(states[partition][1]):
                 topo.clocks[str(partition)] = source_clock.stored()

@@ -409,8 +409,7 @@ def test_stall_alerts_equal_the_fold_and_reach_every_channel(run):
 
 def test_changelogs_are_compacted_with_small_segments(run, kafka):
     """The worker creates its changelogs compacted, with segments that close early enough for the broker to
-    compact them (a restore then reads about the latest states, not every update): 1 MiB for the region table,
-    which rewrites its whole state per delta, 16 MiB for the others."""
+    compact them (a restore then reads about the latest states, not every update): 1 MiB, Kafka's least."""
     from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
     settings, _, _, _ = run
     client = AdminClient({"bootstrap.servers": kafka.bootstrap})
@@ -419,7 +418,7 @@ def test_changelogs_are_compacted_with_small_segments(run, kafka):
         configs = {k: v.value for k, v in client.describe_configs([resource])[resource].result(30).items()}
         assert configs["cleanup.policy"] == "compact"
         assert configs["min.cleanable.dirty.ratio"] == "0.1"
-        assert configs["segment.bytes"] == str((1 if table == "regions" else 16) << 20), table
+        assert configs["segment.bytes"] == str(1 << 20), table
     # Compaction works on closed segments only; whether the run closed one depends on how much it wrote. So one
     # roll is forced: segments of this topic close after 100 ms, and each partition's newest record is appended
     # again (same key and value: nothing changes for a restore) until the broker has rolled. Then the cleaner
