@@ -105,10 +105,11 @@ def test_a_state_durable_before_its_deltas_loses_updates_which_the_drill_detects
     assert killed_at(settings, tmp_path, "participants:state-first", 2)
     worker = finish(settings, tmp_path, len(events))
     try:
+        # every stage has read all it was given, so the tables are final (no waiting out a timeout for the loss)
+        worker.wait(lambda: all_read(settings), 120, "every stage to read what it was given")
         expected = expected_regions(events, scale=SCALE)
-        with pytest.raises(AssertionError, match="regions differ from the fold"):
-            assert_regions_soon(worker, expected, 45)
         got = worker.comparable_regions()
+        assert got != expected
 
         def counted(figures: dict) -> int:  # every counted event: registrations, contributions, claims
             return sum(c["contributions"]["count"] + sum(x["registered"] for x in c["cohorts"].values())

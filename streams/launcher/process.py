@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import time
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -49,21 +50,23 @@ _PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
-def _terminate_with_parent() -> None:
-    """In the child, before exec: the kernel sends it SIGTERM when the process that started it dies, however
-    it dies (even SIGKILL, which no handler sees). Runs after the child switched user, which would clear it."""
-    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+def _terminate_with_parent(death_signal: int) -> None:
+    """In the child, before exec: the kernel sends it ``death_signal`` when the process that started it dies,
+    however it dies (even SIGKILL, which no handler sees). Runs after the child switched user, which would clear
+    it."""
+    _libc.prctl(_PR_SET_PDEATHSIG, death_signal, 0, 0, 0)
 
 
 def spawn(cmd: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None,
-          user: str | None = None) -> subprocess.Popen:
+          user: str | None = None, death_signal: int = signal.SIGTERM) -> subprocess.Popen:
     """Start a child in its own session (a Ctrl-C in the terminal reaches us, and we stop children in order) that
-    dies with us: stopped by our ``finally`` blocks on SIGTERM/SIGINT, and by the kernel if we are killed.
-    Call from the main thread: the kernel ties the child to the thread that started it."""
+    dies with us: stopped by our ``finally`` blocks on SIGTERM/SIGINT, and by the kernel (``death_signal``) if we
+    are killed. Call from the main thread: the kernel ties the child to the thread that started it."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
-                                cwd=cwd, start_new_session=True, user=user, preexec_fn=_terminate_with_parent)
+                                cwd=cwd, start_new_session=True, user=user,
+                                preexec_fn=partial(_terminate_with_parent, death_signal))
 
 
 def log_tail(log: Path, lines: int = 25) -> str:
