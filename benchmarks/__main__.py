@@ -130,6 +130,10 @@ def main(quick: bool = typer.Option(False, help="a small run (< 2 min): smoke te
                    one_million_keys_s=round(1_000_000 / per_s * rec["changelog_records"] / participants, 1))
         results["recovery"] = rec
         progress.update(task, completed=1)
+        # the restore target as stated: a changelog of 1M participants' states on an empty disk, both stores
+        keys = 20_000 if quick else 1_000_000
+        results["restore_keys"] = ours.restore_of_keys(memory_settings, unique("bench-"), workdir, keys,
+                                                       bar(f"ours: restore of {keys:,} keys", keys))
         rocks = base.model_copy(update={"app_id": unique("bench-"), "store": "rocksdb"})
         tp["ours (rocksdb)"], worker = ours.run_worker(rocks, backlog, workdir,
                                                        bar("ours: Faust worker, RocksDB", len(backlog)))
@@ -184,7 +188,7 @@ def main(quick: bool = typer.Option(False, help="a small run (< 2 min): smoke te
     copy_rate = results["sink"]["copy"]["rows_per_s"]
     results["ratios"] = {
         "ours / ceiling": (report.ratio(best, tp["ceiling"]["events_per_s"]), "≥ 0.5"),
-        "ours / Quix Streams": (report.ratio(best, peer_rate), "≥ 1.5"),
+        "ours / Quix Streams": (report.ratio(best, peer_rate), "≥ 5"),
         "Faust floor / ceiling": (report.ratio(tp["faust floor (no-op agent)"]["events_per_s"],
                                                tp["ceiling"]["events_per_s"]), "(what Faust leaves)"),
         "Faust stateful floor / Quix Streams": (report.ratio(tp[STATEFUL_FLOOR]["events_per_s"], peer_rate),
@@ -193,7 +197,12 @@ def main(quick: bool = typer.Option(False, help="a small run (< 2 min): smoke te
         # consuming + decoding (the ceiling) and COPY-ing (the baseline) one after the other, in one process
         "one-process sink bound / COPY": (report.ratio(1 / (1 / tp["ceiling"]["events_per_s"] + 1 / copy_rate),
                                                        copy_rate), "(the most for a one-process sink)"),
-        "recovery of 1M keys (s)": (results["recovery"]["one_million_keys_s"], "< 30"),
+        f"restore of {results['restore_keys']['keys']:,} keys, memory store (s)": (
+            results["restore_keys"]["memory"], "< 30" if results["restore_keys"]["keys"] == 1_000_000 else ""),
+        f"restore of {results['restore_keys']['keys']:,} keys, RocksDB store (s)": (
+            results["restore_keys"]["rocksdb"], "< 30" if results["restore_keys"]["keys"] == 1_000_000 else ""),
+        "recovery of 1M keys, extrapolated from this run's changelogs (s)": (
+            results["recovery"]["one_million_keys_s"], "(records per key as the run left them)"),
         "Faust's own restore of 1M one-record keys (s)": (
             round(1_000_000 / max(tp[STATEFUL_FLOOR]["restore"]["records_per_s"], 1), 1), "(the baseline)"),
         # records/s of our restore (bulk read, our table values) over Faust's own loop (trivial values)

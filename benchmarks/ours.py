@@ -137,6 +137,72 @@ def recovery(settings: Settings, workdir: Path) -> dict:
             "changelog_records": present, "changelog_written": end_offsets(settings, changelogs)}
 
 
+def restore_of_keys(source: Settings, app_id: str, workdir: Path, keys: int, progress: Callable[[int], None]) -> dict:
+    """The participant-table restore target as stated (``keys`` participants, an empty disk), measured instead of
+    extrapolated: the participant states the ``source`` run left in its changelog (the newest per key) are written
+    again under ``keys`` new pseudonym-shaped keys, one record per key (a compacted changelog; how compacted the
+    run's own changelog was is ``recovery``'s records per key), each on its key's partition as the worker puts it,
+    in the changelog of app ``app_id`` (new); then a worker of that app with an empty state directory restores it, with
+    each store. Returns {store: seconds} (Faust's log lines, as ``recovery``) and the bytes written."""
+    import hashlib
+    import json
+
+    from confluent_kafka import Consumer, Producer
+    from confluent_kafka import TopicPartition as KafkaTopicPartition
+
+    from streams.ingest import pe_partition
+    from streams.topics import CHANGELOG_CONFIG, ensure_topics
+    partitions = source.topic_partitions
+    reader = Consumer({**source.librdkafka_conf(), "group.id": "bench-restore-states", "enable.auto.commit": False,
+                       "enable.partition.eof": True})
+    changelog = f"{source.app_id}-participants-changelog"
+    states: dict[bytes, bytes] = {}
+    try:
+        reader.assign([KafkaTopicPartition(changelog, p, 0) for p in range(partitions)])
+        open_ = set(range(partitions))
+        while open_:
+            for message in reader.consume(10_000, timeout=5):
+                if message.error():
+                    open_.discard(message.partition())
+                elif message.value() is not None:
+                    states[message.key()] = message.value()
+    finally:
+        reader.close()
+    values = list(states.values())
+    target = source.model_copy(update={"app_id": app_id, "topic_prefix": f"{app_id}."})  # inputs empty
+    topic = f"{target.app_id}-participants-changelog"
+    ensure_topics(target, extra={topic: CHANGELOG_CONFIG})
+    producer = Producer({**target.librdkafka_conf(), "linger.ms": 50, "batch.size": 1 << 20,
+                         "enable.idempotence": True})
+    written = 0
+    for i in range(keys):
+        key = hashlib.sha256(f"restore-{i}".encode()).hexdigest()  # the shape of a pseudonym (an HMAC in hex)
+        value = values[i % len(values)]
+        record = json.dumps(key).encode()
+        while True:
+            try:
+                producer.produce(topic, key=record, value=value, partition=pe_partition(key, partitions))
+                break
+            except BufferError:
+                producer.poll(0.1)
+        written += len(record) + len(value)
+        if i % 10_000 == 9_999:
+            producer.poll(0)
+            progress(10_000)
+    producer.flush()
+    out = {"keys": keys, "bytes": written, "states_sampled": len(values)}
+    for store in ("memory", "rocksdb"):
+        fresh = target.model_copy(update={"store": store, "state_dir": workdir / f"restore-{store}"})
+        log = workdir / f"worker-restore-{store}.log"
+        worker = Worker(fresh, log)
+        worker.start(timeout=900)
+        worker.wait(lambda: "Recovery complete" in log.read_text(errors="replace"), 1800, "recovery")
+        worker.stop()
+        out[store] = round(restore_seconds(log), 2)
+    progress(keys % 10_000)
+    return out
+
+
 def latency(settings: Settings, worker: Worker, events: list[SimEvent], rate: float) -> dict:
     """Publish ``events`` at ``rate`` per second to a running worker; the latency of event i is the time from its
     publication until the region tables (the worker's /regions) have applied i + 1 events past the baseline."""

@@ -46,6 +46,12 @@ def markdown(r: dict) -> str:
               f"(≈ {rec['records_per_s']:,} changelog records/s; at that rate 1M keys ≈ "
               f"{rec['one_million_keys_s']} s); the whole restart, process start to ready: "
               f"{rec['restart_seconds']} s.", ""]
+    keys = r.get("restore_keys")
+    if keys:
+        lines += [f"Restore of {keys['keys']:,} participants on an empty disk: their states (sampled from the "
+                  f"{keys['states_sampled']:,} this run left) one record per key in a participant changelog "
+                  f"({keys['bytes'] / 2**20:,.0f} MiB), restored by a worker with an empty state directory: "
+                  f"memory store {keys['memory']} s, RocksDB {keys['rocksdb']} s (Faust's log lines, as above).", ""]
     restore = next((row["restore"] for row in t.values() if "restore" in row), None)
     if restore:
         lines += [f"Faust's own restore loop (the bulk read off), the stateful floor's one-field table on an empty "

@@ -34,6 +34,8 @@ def test_quick_benchmark_runs_every_part_and_results_equal_the_fold(kafka, regis
     assert results["latency"]["measured"] == results["latency"]["events"]
     assert results["sink"]["sink"]["rows"] == results["sink"]["copy"]["rows"] == mix["events"]
     assert results["recovery"]["changelog_records"] >= mix["participants"]
+    keys = results["restore_keys"]  # a restore of 20,000 keys written one record each, with both stores
+    assert keys["keys"] == 20_000 and keys["memory"] > 0 and keys["rocksdb"] > 0 and keys["states_sampled"] > 0
     # the stateful floor wrote one changelog record per event (compaction may have dropped some since)
     restored = runs["faust floor (a table write per event)"]["restore"]["changelog_records"]
     assert mix["participants"] <= restored <= mix["events"]
