@@ -110,8 +110,35 @@ def record(stats: dict, delta: dict) -> None:
                 f"{delta['from'] if kind == 'pt' else ''}>{delta['pt'] if kind == 'reg' else delta['to']}")
         # per cohort and funder ("VULNERABLE_WORKER|APBD_PROVINCE"): the per-funder rule needs them as of a day too
         group = f"{delta['cohort']}|{delta['funding']}" if delta.get("funding") else delta["cohort"]
+        _add_moves(_ahead(stats), {group: {move: 1}})  # before ``recent`` changes: _ahead may sum it
         moves = stats["recent"].setdefault(day, {}).setdefault(group, {})
         moves[move] = moves.get(move, 0) + 1
+
+
+def _ahead(stats: dict) -> dict:
+    """Every move in ``recent`` summed per group and move (what ``_as_of`` undoes first), kept with the state:
+    undoing each day's moves in turn cost each evaluated day as much as all the days the region's data is ahead
+    of its low watermark (a backlog: weeks). States written before 2026-11-26 lack it: summed on first use."""
+    ahead = stats.get("ahead")
+    if ahead is None:
+        ahead = stats["ahead"] = {}
+        for groups in stats["recent"].values():
+            _add_moves(ahead, groups)
+    return ahead
+
+
+def _add_moves(into: dict, groups: dict, sign: int = 1) -> None:
+    """``into`` += sign x ``groups`` ({group: {move: count}}), dropping what reaches zero."""
+    for group, moves in groups.items():
+        target = into.setdefault(group, {})
+        for move, n in moves.items():
+            total = target.get(move, 0) + sign * n
+            if total:
+                target[move] = total
+            else:
+                target.pop(move, None)
+        if not target:
+            del into[group]
 
 
 # -- evaluation ----------------------------------------------------------------------------------------------------
@@ -133,26 +160,34 @@ def _window(days: dict, day: int, length: int, column: int) -> int:
 
 def _as_of(stats: dict, day: int) -> tuple[dict, dict, dict]:
     """The paid-through histograms per cohort and per cohort and funder, and the registered count per cohort, as
-    they were at 00:00 of ``day`` (undoing deltas that happened later but were already applied)."""
+    they were at 00:00 of ``day`` (undoing deltas that happened later but were already applied): every move ahead
+    of the frontier undone at once (``_ahead``), then those of the days before ``day`` done again (none unless a
+    catch-up evaluates several days, or before the first evaluation)."""
     hist = {c: dict(h) for c, h in stats["hist"].items()}
     fhist = {g: dict(h) for g, h in (stats.get("fhist") or {}).items()}
     registered = dict(stats["registered"])
-    for later, groups in stats["recent"].items():
-        if int(later) < day:
-            continue
-        for group, moves in groups.items():
-            cohort = group.partition("|")[0]
-            targets = [hist.setdefault(cohort, {})] + ([fhist.setdefault(group, {})] if "|" in group else [])
-            for move, n in moves.items():
-                old, new = move.split(">")
-                for h in targets:
-                    if new != "x":
-                        h[new] = h.get(new, 0) - n
-                    if old:
-                        h[old] = h.get(old, 0) + n
-                if not old:
-                    registered[cohort] = registered.get(cohort, 0) - n
+    _undo(hist, fhist, registered, _ahead(stats), 1)
+    for earlier, groups in stats["recent"].items():
+        if int(earlier) < day:
+            _undo(hist, fhist, registered, groups, -1)
     return hist, registered, fhist
+
+
+def _undo(hist: dict, fhist: dict, registered: dict, groups: dict, sign: int) -> None:
+    """Undo (sign 1) or redo (sign -1) ``groups``' moves ({group: {"old>new": count}}) in the copies."""
+    for group, moves in groups.items():
+        cohort = group.partition("|")[0]
+        targets = [hist.setdefault(cohort, {})] + ([fhist.setdefault(group, {})] if "|" in group else [])
+        for move, n in moves.items():
+            n *= sign
+            old, new = move.split(">")
+            for h in targets:
+                if new != "x":
+                    h[new] = h.get(new, 0) - n
+                if old:
+                    h[old] = h.get(old, 0) + n
+            if not old:
+                registered[cohort] = registered.get(cohort, 0) - n
 
 
 def due_period(day: int, rules: "StallRules") -> int:
@@ -313,7 +348,13 @@ def advance(stats: dict, region: Region, low_watermark_ms: int, rules: StallRule
                         "summary": summary(region, kind, status, details), "details": details})
     if target > stats["evaluated"]:
         stats["evaluated"] = target
-        stats["recent"] = {d: v for d, v in stats["recent"].items() if int(d) > target}
+        ahead, kept = _ahead(stats), {}
+        for d, groups in stats["recent"].items():
+            if int(d) > target:
+                kept[d] = groups
+            else:
+                _add_moves(ahead, groups, -1)  # evaluated: no longer ahead
+        stats["recent"] = kept
         oldest = target - rules.history_days
         stats["days"] = {d: v for d, v in stats["days"].items() if int(d) >= oldest}
     return out

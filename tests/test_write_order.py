@@ -56,7 +56,7 @@ def fold(offset: int, states: dict, now: float = 0.0):
 
 #: region state that follows the stream clock, which moves with wall time (idle sources): a re-run may move it
 #: differently, by design (docs/domain.md). Everything else is a count of events and must be exact.
-CLOCK_DRIVEN = {"wm", "evaluated", "first_day", "days", "recent", "protected_series", "alerts", "forecast_fill_day",
+CLOCK_DRIVEN = {"wm", "evaluated", "first_day", "days", "recent", "ahead", "protected_series", "alerts", "forecast_fill_day",
                 "history", "alert_log",
                 "corrections"}
 
