@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
@@ -29,23 +29,27 @@ def end_offsets(settings: Settings, topics) -> int:
     return sum(_ends(settings, topics).values())
 
 
-def records_present(settings: Settings, topics) -> int:
-    """Records a full read of ``topics`` yields now: fewer than their end offsets once compaction has run."""
+def records(settings: Settings, topics) -> Iterator:
+    """Every record a full read of ``topics`` yields now (confluent-kafka messages), from each log's start."""
     ends = {tp: end for tp, end in _ends(settings, topics).items() if end > 0}
     consumer = Consumer({**settings.librdkafka_conf(), "group.id": "bench-offsets", "enable.auto.commit": False,
                          "enable.partition.eof": True})
     try:
         consumer.assign([TopicPartition(t, p, 0) for t, p in ends])  # 0: from the log start, wherever it is
-        count, open_ = 0, set(ends)
+        open_ = set(ends)
         while open_:
             for message in consumer.consume(10_000, timeout=5):
                 if message.error():
                     open_.discard((message.topic(), message.partition()))  # end of partition
                 else:
-                    count += 1
-        return count
+                    yield message
     finally:
         consumer.close()
+
+
+def records_present(settings: Settings, topics) -> int:
+    """Records a full read of ``topics`` yields now: fewer than their end offsets once compaction has run."""
+    return sum(1 for _ in records(settings, topics))
 
 
 def backlog(settings: Settings, group: str, topics=None) -> int:

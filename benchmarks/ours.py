@@ -10,7 +10,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
-from benchmarks.offsets import backlog, end_offsets, records_present
+from benchmarks.offsets import backlog, end_offsets, records, records_present
 from sinks.warehouse import db, rows
 from sinks.warehouse.models import FACT_TABLES
 from streams.config import Settings
@@ -115,23 +115,27 @@ def restore_seconds(log: Path) -> float:
     return (log_time(log, "Recovery complete") - log_time(log, "Highwater for active changelog")).total_seconds()
 
 
+def restored(settings: Settings, log: Path, start_timeout: float = 600) -> tuple[float, float]:
+    """Start a worker of ``settings`` (an empty state directory), stop it once it has recovered: its restore
+    seconds (``restore_seconds``) and the whole restart (process start to recovered)."""
+    worker = Worker(settings, log)
+    started = time.perf_counter()
+    worker.start(timeout=start_timeout)
+    worker.wait(lambda: "Recovery complete" in log.read_text(errors="replace"), 1800, "recovery")
+    restart = time.perf_counter() - started
+    worker.stop()
+    return restore_seconds(log), restart
+
+
 def recovery(settings: Settings, workdir: Path) -> dict:
     """A worker with an empty state directory restores every table from the changelogs (all of them: Faust
-    restores them together; the participant table is most of the records): the time between
-    Faust's "Restoring state from changelog topics" and "Recovery complete" (its own log lines), and the whole
-    restart (process start to ready)."""
+    restores them together; the participant table is most of the records): its restore seconds and the whole
+    restart (``restored``)."""
     changelogs = [f"{settings.app_id}-{table}-changelog" for table in ("participants", "regions", "watermarks",
                                                                         "clocks")]
     present = records_present(settings, changelogs)  # what the restore reads (the broker compacts meanwhile)
     fresh = settings.model_copy(update={"state_dir": workdir / f"recovery-{uuid.uuid4().hex[:6]}"})
-    log = workdir / "worker-recovery.log"
-    worker = Worker(fresh, log)
-    started = time.perf_counter()
-    worker.start(timeout=600)
-    worker.wait(lambda: "Recovery complete" in log.read_text(errors="replace"), 1800, "recovery")
-    restart = time.perf_counter() - started
-    worker.stop()
-    seconds = restore_seconds(log)
+    seconds, restart = restored(fresh, workdir / "worker-recovery.log")
     return {"seconds": round(seconds, 2), "restart_seconds": round(restart, 2),
             "participant_changelog_written": end_offsets(settings, changelogs[:1]),
             "changelog_records": present, "changelog_written": end_offsets(settings, changelogs)}
@@ -147,28 +151,13 @@ def restore_of_keys(source: Settings, app_id: str, workdir: Path, keys: int, pro
     import hashlib
     import json
 
-    from confluent_kafka import Consumer, Producer
-    from confluent_kafka import TopicPartition as KafkaTopicPartition
+    from confluent_kafka import Producer
 
     from streams.ingest import pe_partition
     from streams.topics import CHANGELOG_CONFIG, ensure_topics
     partitions = source.topic_partitions
-    reader = Consumer({**source.librdkafka_conf(), "group.id": "bench-restore-states", "enable.auto.commit": False,
-                       "enable.partition.eof": True})
-    changelog = f"{source.app_id}-participants-changelog"
-    states: dict[bytes, bytes] = {}
-    try:
-        reader.assign([KafkaTopicPartition(changelog, p, 0) for p in range(partitions)])
-        open_ = set(range(partitions))
-        while open_:
-            for message in reader.consume(10_000, timeout=5):
-                if message.error():
-                    open_.discard(message.partition())
-                elif message.value() is not None:
-                    states[message.key()] = message.value()
-    finally:
-        reader.close()
-    values = list(states.values())
+    states = {m.key(): m.value() for m in records(source, [f"{source.app_id}-participants-changelog"])}
+    values = [value for value in states.values() if value is not None]  # the newest per key, tombstones not
     target = source.model_copy(update={"app_id": app_id, "topic_prefix": f"{app_id}."})  # inputs empty
     topic = f"{target.app_id}-participants-changelog"
     ensure_topics(target, extra={topic: CHANGELOG_CONFIG})
@@ -192,13 +181,9 @@ def restore_of_keys(source: Settings, app_id: str, workdir: Path, keys: int, pro
     producer.flush()
     out = {"keys": keys, "bytes": written, "states_sampled": len(values)}
     for store in ("memory", "rocksdb"):
-        fresh = target.model_copy(update={"store": store, "state_dir": workdir / f"restore-{store}"})
-        log = workdir / f"worker-restore-{store}.log"
-        worker = Worker(fresh, log)
-        worker.start(timeout=900)
-        worker.wait(lambda: "Recovery complete" in log.read_text(errors="replace"), 1800, "recovery")
-        worker.stop()
-        out[store] = round(restore_seconds(log), 2)
+        seconds, _ = restored(target.model_copy(update={"store": store, "state_dir": workdir / f"restore-{store}"}),
+                              workdir / f"worker-restore-{store}.log", start_timeout=900)
+        out[store] = round(seconds, 2)
     progress(keys % 10_000)
     return out
 

@@ -227,24 +227,14 @@ def test_alerts_do_not_depend_on_how_two_source_partitions_interleave(rnd: rando
 
 
 def as_of_day_by_day(stats: dict, day: int) -> tuple[dict, dict, dict]:
-    """The as-of view the simple way (the code before 2026-11-26): each later day's moves undone in turn."""
+    """The as-of view the simple way (the code before 2026-11-26): each later day's moves undone in turn (the same
+    per-move arithmetic, ``stall._undo``; what differs is which days' moves are undone or done again)."""
     hist = {c: dict(h) for c, h in stats["hist"].items()}
     fhist = {g: dict(h) for g, h in (stats.get("fhist") or {}).items()}
     registered = dict(stats["registered"])
     for later, groups in stats["recent"].items():
         if int(later) >= day:
-            for group, moves in groups.items():
-                cohort = group.partition("|")[0]
-                targets = [hist.setdefault(cohort, {})] + ([fhist.setdefault(group, {})] if "|" in group else [])
-                for move, n in moves.items():
-                    old, new = move.split(">")
-                    for h in targets:
-                        if new != "x":
-                            h[new] = h.get(new, 0) - n
-                        if old:
-                            h[old] = h.get(old, 0) + n
-                    if not old:
-                        registered[cohort] = registered.get(cohort, 0) - n
+            stall._undo(hist, fhist, registered, groups, 1)
     return hist, registered, fhist
 
 
