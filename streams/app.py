@@ -13,6 +13,7 @@ Flow (one module per stage):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import faust
@@ -80,6 +81,8 @@ def create_app(settings: Settings) -> Topology:
     t = settings.topics
     key = settings.pseudonym_key_bytes()
     options = settings.rocksdb_options() if settings.store == "rocksdb" else None
+    table = lambda name: app.Table(name, default=None, key_type=str, options=options,  # noqa: E731
+                                   extra_topic_configs=CHANGELOG_CONFIG)
     topo = Topology(
         app=app, settings=settings, serde=AvroSerde(settings.schema_registry_url),
         dead_letter=app.topic(t.dead_letter, key_type=bytes, value_type=bytes, key_serializer="raw",
@@ -88,19 +91,19 @@ def create_app(settings: Settings) -> Topology:
                                      value_serializer="json", internal=True),
         region_deltas=app.topic(f"{settings.app_id}-region-deltas", key_type=str,
                                 value_serializer="json", internal=True),
-        participants=app.Table("participants", default=None, key_type=str, options=options,
-                               extra_topic_configs=CHANGELOG_CONFIG),
-        regions=app.Table("regions", default=None, key_type=str, options=options,
-                          extra_topic_configs=CHANGELOG_CONFIG),
+        participants=table("participants"),
+        regions=table("regions"),
         read_model=None,
-        watermarks=app.Table("watermarks", default=None, key_type=str, options=options,
-                             extra_topic_configs=CHANGELOG_CONFIG),
-        clocks=app.Table("clocks", default=None, key_type=str, options=options, extra_topic_configs=CHANGELOG_CONFIG),
+        watermarks=table("watermarks"),
+        clocks=table("clocks"),
         region_alerts=app.topic(t.region_alerts, key_type=bytes, value_type=bytes, key_serializer="raw",
                                 value_serializer="raw"),
         pseudonym_key=key,
         faults=FaultPoints(settings.fault_point),
     )
+    # a changelog record that does not decode is dead-lettered when restored, instead of stalling the restore
+    for restored in (topo.participants, topo.regions, topo.watermarks, topo.clocks):
+        faust_fixes.dead_letter_undecodable(restored, partial(ingest.dead_letter_changelog_record, topo))
     from streams.read_model import RegionReadModel
     assert topo.regions.changelog_topic.get_topic_name() == settings.regions_changelog
     topo.read_model = RegionReadModel(settings)

@@ -21,6 +21,10 @@ committed past and never read again (the 40k drill lost participant-events offse
 registrations, on the unpatched code). Re-reading is safe here: every stage is idempotent
 (docs/reliability.md).
 
+A changelog record that does not decode is set aside and handed to the app (``dead_letter_undecodable``) instead
+of stalling the restore: Faust's conductor dropped it before the recovery loop saw its offset, which then never
+reached the changelog's end (not reported upstream).
+
 Two more are for speed, not safety: ``set_durably`` writes a batch of table values to the store and the changelog
 as one produce request instead of one Faust send per key (the same records, partition and persisted offset), and
 ``restore_in_bulk`` reads the changelogs of a recovery in batches with a consumer of its own instead of record by
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import logging
 import weakref
@@ -46,6 +51,7 @@ from aiokafka.structs import TopicPartition as KafkaTopicPartition
 from faust import App, Table, Topic
 from faust.tables.base import Collection
 from faust.sensors import Monitor
+from faust.serializers import codecs
 from faust.tables.recovery import Recovery
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, credentials_to_aiokafka_auth, server_list
 from faust.streams import _current_event
@@ -84,7 +90,8 @@ ORIGINALS = {
     # applied), then reads only while ``need_recovery()`` (an active offset below its highwater)
     "Recovery._seek_offsets": Recovery._seek_offsets,
     "Recovery.active_remaining": Recovery.active_remaining,
-    "Table.apply_changelog_batch": Table.apply_changelog_batch,
+    "Table.apply_changelog_batch": Table.apply_changelog_batch,  # also where undecodable records are set aside
+    "codecs.json._loads": codecs.json._loads,  # what CHECKED_JSON decodes with, not raising
     # the per-record hooks QuietMonitor turns off (nothing of ours reads what they count)
     "Monitor.on_message_in": Monitor.on_message_in,
     "Monitor.on_stream_event_in": Monitor.on_stream_event_in,
@@ -101,6 +108,7 @@ _init = ORIGINALS["Consumer.__init__"]
 _send_pending = ORIGINALS["ProducerBuffer._send_pending"]
 _create_worker_consumer = ORIGINALS["AIOKafkaConsumerThread._create_worker_consumer"]
 _build_offsets = ORIGINALS["Recovery._build_offsets"]
+_apply_changelog_batch = ORIGINALS["Table.apply_changelog_batch"]
 
 
 async def _perform_seek_from_earliest_when_uncommitted(self: Consumer) -> None:
@@ -255,6 +263,79 @@ async def set_durably(table, writes: list[tuple[dict, object]]) -> None:
         table.data.set_persisted_offset(metadata.topic_partition, metadata.offset + count - 1)
 
 
+#: the key and value serializer of every table of ours: Faust's JSON, whose decoding never raises (below)
+CHECKED_JSON = "json-checked"
+
+
+@dataclasses.dataclass(frozen=True)
+class Undecodable:
+    """What a changelog record's key or value that is not JSON decodes to (``CHECKED_JSON``), instead of an error."""
+
+    error: str
+
+
+class _CheckedJson(codecs.json):
+    """Faust's JSON codec (the same bytes written), whose decoding returns ``Undecodable`` instead of raising. A
+    changelog record that fails to decode is otherwise dropped by Faust's conductor before the recovery loop sees
+    it: its offset is never reached and the worker waits for the end of the changelog for ever (seen with a record
+    written by hand). Tables set aside the records that decode to it (``dead_letter_undecodable``)."""
+
+    def _loads(self, s: bytes):
+        try:
+            return super()._loads(s)
+        except Exception as exc:
+            return Undecodable(f"{type(exc).__name__}: not JSON")
+
+
+def dead_letter_undecodable(table, handler) -> None:
+    """Changelog records of ``table`` restored (in bulk or by Faust's loop) whose key is not a JSON string or whose
+    value is neither a JSON object nor a tombstone are not applied: ``handler(message, reason)`` is called with
+    each instead (the raw record: ``topic``, ``partition``, ``offset``, ``key``, ``value``). The key keeps the
+    state of its earlier records. Its keys and values become ``CHECKED_JSON``, the table's and its changelog
+    topic's: Faust derives a table's serializers from its types ("json" here) with no setting, and makes the
+    topic, taking them, when the table is registered; the channels that read it for a restore are copies of the
+    topic made when the worker starts."""
+    topic = table.changelog_topic
+    assert table.key_serializer == table.value_serializer == topic.key_serializer == topic.value_serializer == "json"
+    table.key_serializer = table.value_serializer = CHECKED_JSON
+    topic.key_serializer = topic.value_serializer = CHECKED_JSON
+    topic.schema.key_serializer = topic.schema.value_serializer = CHECKED_JSON
+    table.undecodable_handler = handler
+
+
+def _undecodable(event) -> str | None:
+    """Why a restored changelog record cannot be applied to a table of ours (None: it can)."""
+    try:
+        key, value = event.key, event.value
+    except Exception as exc:  # a codec other than CHECKED_JSON raises
+        return f"{type(exc).__name__}: not decodable"
+    if isinstance(key, Undecodable):
+        return f"key {key.error}"
+    if not isinstance(key, str):
+        return f"key is a JSON {type(key).__name__}, not a string"
+    if event.message.value is not None and not isinstance(value, dict):
+        return f"value {value.error}" if isinstance(value, Undecodable) else \
+            f"value is a JSON {type(value).__name__}, not an object"
+    return None
+
+
+def _apply_changelog_batch_setting_aside_undecodable(self: Table, batch) -> None:
+    """Faust's ``apply_changelog_batch`` (both restore paths call it) for the records that decode; the others go to
+    the table's ``undecodable_handler``. Without it the memory store raised on such a record (the bulk read handed
+    over to Faust's loop, which never completed) and RocksDB stored it, to fail the stage reading the key."""
+    handler = getattr(self, "undecodable_handler", None)
+    if handler is not None:
+        kept = []
+        for event in batch:
+            reason = _undecodable(event)
+            if reason is None:
+                kept.append(event)
+            else:
+                handler(event.message, reason)
+        batch = kept
+    _apply_changelog_batch(self, batch)
+
+
 def fetch_max_wait(app, ms: int) -> None:
     """How long the broker may hold a fetch request of ``app``'s worker consumer that has no data yet (see below)."""
     app.fetch_max_wait_ms = ms
@@ -287,21 +368,28 @@ class _ChangelogMessage:
 
 class _ChangelogEvent:
     """The part of a Faust ``Event`` a store's ``apply_changelog_batch`` reads: the raw message, and (the memory
-    store) its key and value decoded as Faust's changelog channel decodes them, on first use (RocksDB stores the
-    raw bytes and never asks)."""
+    store) its key and value decoded as Faust's changelog channel decodes them, on first use, once (RocksDB
+    stores the raw bytes; the check for undecodable records reads them)."""
 
-    __slots__ = ("message", "_decode")
+    __slots__ = ("message", "_decode", "_key", "_value")
 
     def __init__(self, message: _ChangelogMessage, decode):
-        self.message, self._decode = message, decode
+        self.message, self._decode, self._key, self._value = message, decode, _UNREAD, _UNREAD
 
     @property
     def key(self):
-        return self._decode[0](self.message.key)
+        if self._key is _UNREAD:
+            self._key = self._decode[0](self.message.key)
+        return self._key
 
     @property
     def value(self):
-        return self._decode[1](self.message.value)
+        if self._value is _UNREAD:
+            self._value = self._decode[1](self.message.value)
+        return self._value
+
+
+_UNREAD = object()
 
 
 #: a bulk restore hands what is left to Faust's own loop when nothing more arrived for this long (an open
@@ -543,5 +631,7 @@ def install(bulk_restore: bool = True) -> None:
         Consumer.__init__ = _init_with_shielded_delivery
         Consumer._new_offset = _new_offset_without_passing_a_hole
         App._on_agent_error = _stage_failed_exits
+        Table.apply_changelog_batch = _apply_changelog_batch_setting_aside_undecodable
+        codecs.register(CHECKED_JSON, _CheckedJson())
         AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer_with_fetch_wait
     Recovery._build_offsets = _build_offsets_then_restore_in_bulk if bulk_restore else _build_offsets

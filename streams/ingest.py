@@ -44,6 +44,22 @@ async def dead_letter(topo, message, reason: str, detail: str) -> None:
     log.warning("dead-lettered %s[%d]@%d: %s", message.topic, message.partition, message.offset, reason)
 
 
+def dead_letter_changelog_record(topo, message, reason: str) -> None:
+    """A table's changelog record that cannot be restored (faust_fixes.dead_letter_undecodable): its bytes to the
+    dead-letter topic (reason ``undecodable_changelog``, the changelog's topic, partition and offset in the
+    headers), counted and logged; the key keeps the state of its earlier records. Synchronous (called while a
+    restore applies a batch): Faust's producer buffer sends it. A restore before the broker compacted the record
+    away finds it again, and dead-letters it again."""
+    headers = [("dlq.reason", b"undecodable_changelog"), ("dlq.topic", message.topic.encode()),
+               ("dlq.partition", str(message.partition).encode()), ("dlq.offset", str(message.offset).encode()),
+               ("dlq.error", privacy.scrubbed(reason, "dead_letter").encode()[:1000])]
+    topo.dead_letter.send_soon(key=message.key, value=b"" if message.value is None else message.value,
+                               headers=headers, force=True)
+    DEAD_LETTERS.labels("undecodable_changelog").inc()
+    log.error("changelog record %s[%d]@%d not restored (%s): dead-lettered", message.topic, message.partition,
+              message.offset, reason)
+
+
 def register(topo) -> None:
     app, settings = topo.app, topo.settings
     lateness_ms = int(settings.allowed_lateness_days * DAY_MS)

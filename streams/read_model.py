@@ -61,14 +61,22 @@ class RegionReadModel:
                 self.ready.set()
             while True:
                 fetched = await consumer.getmany(timeout_ms=1000, max_records=5000)
-                # compacted in memory: of a key's records in one fetch only the newest is decoded
-                newest = {m.key: m.value for messages in fetched.values() for m in messages}
-                for key, value in newest.items():
-                    code = orjson.loads(key)
-                    if value is None:
+                # compacted in memory: of a key's records in one fetch only the newest that decodes is used
+                newest: dict[bytes, tuple[str, dict | None]] = {}
+                for messages in fetched.values():
+                    for message in reversed(messages):
+                        if message.key not in newest:
+                            state = region_state(message.key, message.value)
+                            if state is None:  # the worker restoring the changelog dead-letters it
+                                log.warning("read model: a record of %s[%d]@%d is not a region's state, skipped",
+                                            self.topic, message.partition, message.offset)
+                            else:
+                                newest[message.key] = state
+                for code, stats in newest.values():
+                    if stats is None:
                         self.stats.pop(code, None)
                     else:
-                        self.stats[code] = orjson.loads(value)
+                        self.stats[code] = stats
                 if not self.ready.is_set() and all(await self._caught_up(consumer, ends)):
                     log.info("read model caught up with %s: %d regions", self.topic, len(self.stats))
                     self.ready.set()
@@ -91,3 +99,13 @@ class RegionReadModel:
     @staticmethod
     async def _caught_up(consumer, ends) -> list[bool]:
         return [await consumer.position(tp) >= end for tp, end in ends.items()]
+
+
+def region_state(key: bytes | None, value: bytes | None) -> tuple[str, dict | None] | None:
+    """A regions-changelog record as (region code, its state; None: deleted), or None if it is not one."""
+    try:
+        code = orjson.loads(key) if key is not None else None
+        stats = None if value is None else orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    return (code, stats) if isinstance(code, str) and (stats is None or isinstance(stats, dict)) else None

@@ -249,6 +249,67 @@ def test_restart_recovers_identical_tables_from_changelogs(kafka, registry, tmp_
         worker.stop()
 
 
+def test_undecodable_changelog_records_are_dead_lettered_and_the_restore_completes(kafka, registry, tmp_path):
+    """Records no worker wrote, on the participant and region changelogs (a key that is not JSON, a value that is
+    not JSON, a value that is JSON but not an object): a new worker on an empty state directory restores the
+    rest and dead-letters each with its place (it waited for ever before), with each store and restore path in
+    turn: the memory store in bulk and by Faust's own loop, RocksDB in bulk. Each key keeps its earlier state:
+    the tables are as before, and the last worker goes on exact."""
+    from confluent_kafka import Producer
+
+    settings = Settings(kafka_bootstrap_servers=kafka.bootstrap, schema_registry_url=registry.url,
+                        topic_prefix=unique() + ".", topic_partitions=3, state_dir=tmp_path / "state",
+                        app_id=unique("app-"), target_scale=SCALE)
+    events = list(Scenario.load(scale=SCALE, duplicate_share=0.02).events(3))
+    first, rest = events[: len(events) // 2], events[len(events) // 2:]
+    publish(settings, first)
+    worker = Worker(settings, tmp_path / "worker.log")
+    try:
+        worker.start()
+        wait_exact(worker, first)
+        before = worker.comparable_regions()
+    finally:
+        worker.stop()
+    participants, regions = (f"{settings.app_id}-{name}-changelog" for name in ("participants", "regions"))
+    someone = read_all(kafka.bootstrap, participants)[-1]
+    region = next(r for r in read_all(kafka.bootstrap, regions) if r.key == b'"64.08"')
+    bad = [(participants, someone.partition, b"not json", b'{"paid_through": 1}'),
+           (participants, someone.partition, someone.key, b'{"paid_through": '),
+           (participants, someone.partition, someone.key, b"[1, 2]"),
+           (regions, region.partition, region.key, b"\xff\xfe")]
+    producer = Producer({"bootstrap.servers": kafka.bootstrap, "enable.idempotence": True})
+    placed = []
+    for topic, partition, key, value in bad:
+        producer.produce(topic, key=key, value=value, partition=partition,
+                         on_delivery=lambda err, msg: placed.append((msg.topic(), msg.partition(), msg.offset())))
+    producer.flush(30)
+    assert len(placed) == len(bad)
+    variants = [("memory", True), ("memory", False), ("rocksdb", True)]
+    for n, (store, bulk) in enumerate(variants, start=1):
+        worker = Worker(settings, tmp_path / f"restore{n}.log", STATE_DIR=str(tmp_path / f"empty{n}"), STORE=store,
+                        BULK_RESTORE="true" if bulk else "false")
+        try:
+            worker.start(timeout=120)  # ready: the tables are restored
+            worker.wait(lambda: worker.comparable_regions() == before, 60, f"{store}: tables as before the bad records")
+            # each restore dead-letters each bad record once: its bytes, reason and place
+            dead = read_all(kafka.bootstrap, settings.topics.dead_letter, expected=n * len(bad))
+            headers = [dict(record.headers) for record in dead]
+            assert {h["dlq.reason"] for h in headers} == {b"undecodable_changelog"}
+            assert collections.Counter((h["dlq.topic"].decode(), int(h["dlq.partition"]), int(h["dlq.offset"]))
+                                       for h in headers) == collections.Counter(placed * n)
+            assert sorted(r.value for r in dead) == sorted(value for *_, value in bad * n)
+            assert worker.metrics()[("jamsostek_dead_letter_total", (("reason", "undecodable_changelog"),))] \
+                == len(bad)
+            text = worker.log.read_text(errors="replace")
+            assert ("Restored" in text) == bulk and "Error in recovery" not in text
+            if n == len(variants):
+                publish(settings, rest)  # and it goes on exactly
+                worker.wait(lambda: sum(worker.events_accounted().values()) >= len(rest), 120, "rest accounted")
+                assert_regions_soon(worker, expected_regions(events, scale=SCALE))
+        finally:
+            worker.stop()
+
+
 def test_a_quota_change_in_the_reference_file_reaches_regions_without_a_restart(kafka, registry, tmp_path):
     """An APBD-P revision is a dated entry added to the reference file; the running worker shows the quota in
     force at the stream's clock within seconds, and a redeploy is not needed."""
