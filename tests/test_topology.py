@@ -204,23 +204,30 @@ def test_web_views(run):
     assert not any(name.startswith("jamsostek_sink_") for name, _ in gauges)
 
 
-@pytest.mark.parametrize("store", ["memory", "rocksdb"])
-def test_restart_recovers_identical_tables_from_changelogs(kafka, registry, tmp_path, store):
+def first_half_processed(kafka, registry, tmp_path, months: int, **changes):
+    """A seeded scenario of ``months`` on topics of its own; a worker processes its first half exactly, then
+    stops. Returns (settings, events, first half, rest, the worker's comparable regions before the stop): every
+    counted figure (the stream clock and what follows it — evaluation, alerts — move with wall time as idle
+    sources are noticed, so a snapshot of those can be overtaken before the stop: not compared)."""
     settings = Settings(kafka_bootstrap_servers=kafka.bootstrap, schema_registry_url=registry.url,
                         topic_prefix=unique() + ".", topic_partitions=3, state_dir=tmp_path / "state",
-                        app_id=unique("app-"), target_scale=SCALE, store=store)
-    events = list(Scenario.load(scale=SCALE, duplicate_share=0.02).events(4))
+                        app_id=unique("app-"), target_scale=SCALE, **changes)
+    events = list(Scenario.load(scale=SCALE, duplicate_share=0.02).events(months))
     first, rest = events[: len(events) // 2], events[len(events) // 2:]
     publish(settings, first)
     worker = Worker(settings, tmp_path / "worker.log")
     try:
         worker.start()
         wait_exact(worker, first)
-        # every counted figure (the stream clock and what follows it — evaluation, alerts — move with wall time
-        # as idle sources are noticed, so a snapshot of those can be overtaken before the stop: not compared)
         before = worker.comparable_regions()
     finally:
         worker.stop()
+    return settings, events, first, rest, before
+
+
+@pytest.mark.parametrize("store", ["memory", "rocksdb"])
+def test_restart_recovers_identical_tables_from_changelogs(kafka, registry, tmp_path, store):
+    settings, events, first, rest, before = first_half_processed(kafka, registry, tmp_path, 4, store=store)
     if store == "memory":
         assert not any((settings.state_dir / "faust").rglob("*.sst"))
     else:
@@ -257,19 +264,7 @@ def test_undecodable_changelog_records_are_dead_lettered_and_the_restore_complet
     the tables are as before, and the last worker goes on exact."""
     from confluent_kafka import Producer
 
-    settings = Settings(kafka_bootstrap_servers=kafka.bootstrap, schema_registry_url=registry.url,
-                        topic_prefix=unique() + ".", topic_partitions=3, state_dir=tmp_path / "state",
-                        app_id=unique("app-"), target_scale=SCALE)
-    events = list(Scenario.load(scale=SCALE, duplicate_share=0.02).events(3))
-    first, rest = events[: len(events) // 2], events[len(events) // 2:]
-    publish(settings, first)
-    worker = Worker(settings, tmp_path / "worker.log")
-    try:
-        worker.start()
-        wait_exact(worker, first)
-        before = worker.comparable_regions()
-    finally:
-        worker.stop()
+    settings, events, first, rest, before = first_half_processed(kafka, registry, tmp_path, 3)
     participants, regions = (f"{settings.app_id}-{name}-changelog" for name in ("participants", "regions"))
     someone = read_all(kafka.bootstrap, participants)[-1]
     region = next(r for r in read_all(kafka.bootstrap, regions) if r.key == b'"64.08"')
