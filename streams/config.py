@@ -63,7 +63,8 @@ class Settings(BaseSettings):
     mode: Literal["dev", "production"] = "dev"
 
     # --- stream batching: per-message costs in Faust/aiokafka dominate, so stages exchange batches ------------------
-    batch_size: int = Field(1000, ge=1, description="input records handled (and published on) together at most")
+    batch_size: int = Field(1000, ge=1, description="input records of one partition delivered as one Faust event at "
+                            "most (streams/faust_fixes.py deliver_in_batches)")
     batch_seconds: float = Field(0.05, gt=0, description="wait at most this long to fill an input batch")
     batch_messages: int = Field(64, ge=1, description="internal messages (each a batch) the participant and region "
                                 "stages take together at most: written with one round trip, a region's state "

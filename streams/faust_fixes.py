@@ -25,7 +25,8 @@ A changelog record that does not decode is set aside and handed to the app (``de
 of stalling the restore: Faust's conductor dropped it before the recovery loop saw its offset, which then never
 reached the changelog's end (not reported upstream).
 
-Two more are for speed, not safety: ``set_durably`` writes a batch of table values to the store and the changelog
+Three more are for speed, not safety: ``deliver_in_batches`` hands an input partition's fetched records to its
+agent as one event instead of one per record; ``set_durably`` writes a batch of table values to the store and the changelog
 as one produce request instead of one Faust send per key (the same records, partition and persisted offset), and
 ``restore_in_bulk`` reads the changelogs of a recovery in batches with a consumer of its own instead of record by
 record through Faust's fetch loop.
@@ -48,7 +49,7 @@ from time import monotonic
 from aiokafka import AIOKafkaConsumer
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.structs import TopicPartition as KafkaTopicPartition
-from faust import App, Table, Topic
+from faust import App, Schema, Table, Topic
 from faust.tables.base import Collection
 from faust.sensors import Monitor
 from faust.serializers import codecs
@@ -72,6 +73,10 @@ ORIGINALS = {
     "Consumer.__init__": Consumer.__init__,
     "Consumer._new_offset": Consumer._new_offset,
     "Consumer._commit_offsets": Consumer._commit_offsets,  # flushes the producer before committing
+    # replaced for the input topics' batches (deliver_in_batches): the fetch loop and the records it iterates
+    "Consumer._drain_messages": Consumer._drain_messages,
+    "Consumer.getmany": Consumer.getmany,
+    "Consumer.seek": Consumer.seek,  # sets the read offset to the next offset to read (the batch trim relies on it)
     "ProducerBuffer.flush": ProducerBuffer.flush,
     "ProducerBuffer._send_pending": ProducerBuffer._send_pending,
     "ProducerBuffer._handle_pending": ProducerBuffer._handle_pending,  # calls _send_pending, sets message_sent
@@ -106,6 +111,7 @@ log = logging.getLogger(__name__)
 _perform_seek = ORIGINALS["Consumer.perform_seek"]
 _init = ORIGINALS["Consumer.__init__"]
 _send_pending = ORIGINALS["ProducerBuffer._send_pending"]
+_getmany = ORIGINALS["Consumer.getmany"]
 _create_worker_consumer = ORIGINALS["AIOKafkaConsumerThread._create_worker_consumer"]
 _build_offsets = ORIGINALS["Recovery._build_offsets"]
 _apply_changelog_batch = ORIGINALS["Table.apply_changelog_batch"]
@@ -129,6 +135,7 @@ def _new_offset_without_passing_a_hole(self: Consumer, tp) -> int | None:
     acked = self._acked[tp]
     if not acked:
         return None
+    _expand_batches(self, tp, acked)
     withheld = getattr(self, "withheld", {}).get(tp)
     if withheld and min(withheld) <= max(acked):
         return _run_below(self, tp, min(withheld))
@@ -160,6 +167,108 @@ def _run_below(self: Consumer, tp, limit: int) -> int | None:
         acked.remove(offset)
         self._acked_index[tp].discard(offset)
     return run[-1] + 1
+
+
+class RecordBatch(list):
+    """The records of one input partition that one fetch returned, in offset order, delivered to the topic's agent
+    as one Faust event (``deliver_in_batches``): aiokafka ``ConsumerRecord``s (``topic``, ``partition``,
+    ``offset``, ``key``, ``value``, ``headers``, ``timestamp``)."""
+
+    __slots__ = ()
+
+
+class _RecordBatchSchema(Schema):
+    """A batched topic's events: no key, the ``RecordBatch`` as the value (the agent decodes each record)."""
+
+    def loads_key(self, app, message, *, loads=None, serializer=None):
+        return None
+
+    def loads_value(self, app, message, *, loads=None, serializer=None):
+        return message.value
+
+
+def deliver_in_batches(app, name: str, most: int):
+    """The topic ``name`` of ``app``, whose records reach its agent as one event per partition and fetch (a
+    ``RecordBatch`` of ``most`` records at most), instead of one event per record. Faust's per-record machinery — a delivery through
+    ``wait_first`` (Tasks created and cancelled), a queue put and get, a Message and an Event, an ack and its
+    bookkeeping — cost more per record than decoding, validating and pseudonymising it (../shared/PERF.md: a
+    no-op agent ran at ~0.18 of the raw consume+decode ceiling). The batch's event is acknowledged as any event
+    is; its offsets count as processed only then, all of them (``_expand_batches``). Not reported upstream (Faust
+    has no batch delivery; ``take_events`` batches after the per-record costs)."""
+    app.__dict__.setdefault("batched_topics", {})[name] = most
+    return app.topic(name, schema=_RecordBatchSchema(key_type=bytes, value_type=bytes, key_serializer="raw",
+                                                     value_serializer="raw"))
+
+
+async def _getmany_in_batches(self: Consumer, timeout: float):
+    """Faust's ``Consumer.getmany`` (what the fetch loop iterates), handing over each batched topic's records of
+    a partition as one message: the last record's, whose value is the ``RecordBatch``. Records of a batch the
+    fetch loop has read already (a fetch racing a seek) are left out, a hole before the batch is registered as
+    Faust registers one, and the read offset is set to just before the last record: the fetch loop, which
+    computes holes and what it reads from the message's offset, then sees one record following the one before
+    (Faust's hole is ``r_offset + 1 … offset``, the delivered record included: right for one record, wrong for a
+    batch). Other topics' records go as Faust hands them over, one message each, round-robin."""
+    batched = getattr(self.app, "batched_topics", None)
+    if not batched:
+        async for item in _getmany(self, timeout):
+            yield item
+        return
+    records, active_partitions = await self._wait_next_records(timeout)
+    generation_id = self.app.consumer_generation_id
+    if records is None or self.should_stop:
+        return
+    if not self.flow_active:  # as Faust does
+        try:
+            await self.perform_seek()
+        except Exception as exc:
+            log.warning("exception performing seek when flow not active %r", exc)
+        return
+    wanted = lambda tp: active_partitions is None or tp in active_partitions or tp in self._buffered_partitions  # noqa: E731
+    singles = {}
+    for tp, fetched in records.items():
+        if not wanted(tp):
+            continue
+        if tp.topic not in batched:
+            singles[tp] = fetched
+            continue
+        most = batched[tp.topic]
+        for start in range(0, len(fetched), most):
+            if not self.flow_active or self.app.consumer_generation_id != generation_id:
+                return
+            read = self._read_offset[tp]  # the last offset read, or (after a seek) the next one to read
+            batch = RecordBatch(r for r in fetched[start:start + most] if read is None or r.offset >= read)
+            if not batch:
+                continue
+            first, last = batch[0].offset, batch[-1].offset
+            if read is not None and first - read > 1 and self.app.topics.acks_enabled_for(tp.topic):
+                await self._add_gap(tp, read + 1, first - 1)
+            self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
+            message = self._to_message(tp, batch[-1])
+            message.key, message.value = None, batch
+            self.__dict__.setdefault("batch_first", {}).setdefault(tp, {})[last] = first
+            self._read_offset[tp] = last - 1
+            yield tp, message
+    to_message = self._to_message
+    for tp, record in self.scheduler.iterate(singles):
+        if not self.flow_active or self.app.consumer_generation_id != generation_id:
+            break
+        self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
+        yield tp, to_message(tp, record)
+
+
+def _expand_batches(self: Consumer, tp, acked: list) -> None:
+    """A batch's message acknowledged (its last offset in ``acked``) acknowledges every offset of the batch."""
+    firsts = getattr(self, "batch_first", {}).get(tp)
+    if not firsts:
+        return
+    index = self._acked_index[tp]
+    for last in [last for last in firsts if last in index]:
+        first = firsts.pop(last)
+        acked.extend(o for o in range(first, last) if o not in index)
+    committed = self._committed_offset.get(tp)
+    if committed is not None and len(firsts) > 64:  # batches never acknowledged (revoked, re-read): forget them
+        for last in [last for last in firsts if last < committed]:
+            del firsts[last]
 
 
 def _init_with_shielded_delivery(self: Consumer, *args, **kwargs) -> None:
@@ -630,6 +739,7 @@ def install(bulk_restore: bool = True) -> None:
         Consumer.perform_seek = _perform_seek_from_earliest_when_uncommitted
         Consumer.__init__ = _init_with_shielded_delivery
         Consumer._new_offset = _new_offset_without_passing_a_hole
+        Consumer.getmany = _getmany_in_batches
         App._on_agent_error = _stage_failed_exits
         Table.apply_changelog_batch = _apply_changelog_batch_setting_aside_undecodable
         codecs.register(CHECKED_JSON, _CheckedJson())

@@ -93,6 +93,25 @@ async def flushed_while_pending(flush, n: int = 3) -> tuple[int, int]:
         await buffer.stop()
 
 
+def test_an_input_batch_counts_as_processed_only_when_its_event_is_acknowledged_then_all_of_it():
+    """faust_fixes.deliver_in_batches: a partition's fetched records are one event, acknowledged with the last
+    record's offset; the commit rule counts the batch's other offsets with it, never before it."""
+    books = Books(100, [])
+    books.batch_first = {TP: {149: 100, 199: 150}}  # two batches delivered: 100-149, 150-199
+    books._acked[TP] += [199]  # the second acknowledged first: nothing below 100-149 may be committed
+    books._acked_index[TP].add(199)
+    assert new_offset(books, TP) is None
+    books._acked[TP] += [149]
+    books._acked_index[TP].add(149)
+    assert new_offset(books, TP) == 200  # both, every offset of them
+    assert books.batch_first[TP] == {} and books._acked[TP] == []
+    books._committed_offset[TP] = 200
+    books.batch_first[TP][260] = 200  # a batch of 200-260 read, not acknowledged: a single record past it waits
+    books._acked[TP] += [261]
+    books._acked_index[TP].add(261)
+    assert new_offset(books, TP) is None
+
+
 def test_flush_returns_only_when_every_buffered_state_write_is_handed_to_the_producer():
     faust_fixes.install()
     published, n = asyncio.run(flushed_while_pending(ProducerBuffer.flush))
@@ -114,6 +133,9 @@ PINNED = {
     "Consumer.__init__": "302410d59e6972d1",
     "Consumer._new_offset": "1d2c7ea89a7ad4f1",
     "Consumer._commit_offsets": "1a69799041188441",
+    "Consumer._drain_messages": "44a2500309e83c63",
+    "Consumer.getmany": "4b168d84882a70d6",
+    "Consumer.seek": "b86a9fe05f956b30",
     "ProducerBuffer.flush": "26fbebb124ad9c98",
     "ProducerBuffer._send_pending": "4a9d5f932b56bc68",
     "ProducerBuffer._handle_pending": "78d648030fd21016",
