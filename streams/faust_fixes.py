@@ -60,6 +60,7 @@ from faust.transport.consumer import Consumer
 from faust.transport.producer import ProducerBuffer
 from faust.types import TP
 from faust.utils.functional import consecutive_numbers
+import orjson
 
 from streams.faults import stage_failed
 
@@ -501,6 +502,37 @@ class _ChangelogEvent:
 _UNREAD = object()
 
 
+def _changelog_decoders(app, schema) -> tuple:
+    """A changelog's key and value decoders, as Faust's changelog channel decodes. For ``CHECKED_JSON`` tables
+    (ours) with a fast path that gives the same result: ``orjson`` on the bytes, taken when the key is a JSON
+    string and the value a JSON object with no Faust model marker; anything else goes Faust's way. Faust's own
+    path reconstructs models through the whole decoded value (``_maybe_reconstruct``, for ``value_type=None``):
+    ~22 µs a participant state against ~3.5 µs, most of a 1M-key restore (RocksDB: 26 s, decoded once for the
+    undecodable check)."""
+    loads_key = partial(app.serializers.loads_key, schema.key_type, serializer=schema.key_serializer)
+    loads_value = partial(app.serializers.loads_value, schema.value_type, serializer=schema.value_serializer)
+    if not (schema.key_serializer == schema.value_serializer == CHECKED_JSON and schema.key_type is str
+            and schema.value_type is None):
+        return loads_key, loads_value
+
+    def key(raw):
+        try:
+            decoded = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return loads_key(raw)
+        return decoded if isinstance(decoded, str) else loads_key(raw)
+
+    def value(raw):
+        if raw is None or b"__faust" in raw or b"\\u" in raw:  # a model marker, perhaps escaped: Faust's way
+            return loads_value(raw)
+        try:
+            decoded = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return loads_value(raw)
+        return decoded if isinstance(decoded, dict) else loads_value(raw)
+    return key, value
+
+
 #: a bulk restore hands what is left to Faust's own loop when nothing more arrived for this long (an open
 #: transaction past the last stable offset, a broker that stopped answering): slower, never wrong
 BULK_RESTORE_IDLE_SECONDS = 5.0
@@ -550,9 +582,7 @@ async def restore_in_bulk(recovery: Recovery, offsets) -> None:
         isolation_level="read_committed" if app.in_transaction else "read_uncommitted",
         **credentials_to_aiokafka_auth(conf.broker_credentials, conf.ssl_context))
     schemas = {tp: recovery.tp_to_table[tp].changelog_topic.schema for tp in todo}
-    decoders = {tp: (partial(app.serializers.loads_key, s.key_type, serializer=s.key_serializer),
-                     partial(app.serializers.loads_value, s.value_type, serializer=s.value_serializer))
-                for tp, s in schemas.items()}
+    decoders = {tp: _changelog_decoders(app, s) for tp, s in schemas.items()}
     read, last_progress = 0, monotonic()
     collecting = gc.isenabled()
     gc.disable()  # every record adds containers to the heap: the cyclic collector's passes cost more than decoding
