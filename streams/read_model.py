@@ -32,6 +32,12 @@ class RegionReadModel:
         # batch the region stage takes, and decoding every one cost the worker ~7 % of its CPU in a backlog
         self._pending: dict[bytes | None, list] = {}
         self.version = 0  # changes whenever a state may have: what the gauges' refresh skips on (streams/web.py)
+        self._state_versions: dict[str, int] = {}  # per region: changes when its decoded state does
+        # per region: (its state version, the stream clock, the Region, its view); a view is recomputed only when
+        # one of them changed. /regions is polled (the page, the latency benchmark every 20 ms) while the region
+        # stage changes a few regions per batch: computing all ten views per request (~8 ms) took CPU from the
+        # stages and made latency worse the harder it was watched
+        self._views: dict[str, tuple] = {}
         self.ready = asyncio.Event()
 
     @property
@@ -51,6 +57,7 @@ class RegionReadModel:
                     self._stats.pop(code, None)
                 else:
                     self._stats[code] = stats
+                self._state_versions[code] = self._state_versions.get(code, 0) + 1
                 break
         return self._stats
 
@@ -59,11 +66,19 @@ class RegionReadModel:
         in every region's figures). Silence still ages: the watermark moves with the other regions' events.
         While one region is still catching up, the others are not aged past what it has seen."""
         ref = reference_regions()
-        stats = {code: self.stats.get(code) for code in ref}
+        current = self.stats
+        stats = {code: current.get(code) for code in ref}
         clock = stream_clock(s["wm"] for s in stats.values() if s)
-        s = self.settings
-        return [rules.region_view(region, stats[code], clock, s.grace_months, s.target_scale)
-                for code, region in ref.items()]
+        s, out = self.settings, []
+        for code, region in ref.items():
+            version = self._state_versions.get(code, 0)
+            cached = self._views.get(code)
+            if cached is None or cached[0] != version or cached[1] != clock or cached[2] is not region:
+                cached = self._views[code] = (version, clock, region,
+                                              rules.region_view(region, stats[code], clock, s.grace_months,
+                                                                s.target_scale))
+            out.append(cached[3])
+        return out
 
     def histories(self) -> dict[str, list[dict]]:
         """Per region: members and coverage per evaluated day (rules.history_view)."""
