@@ -26,10 +26,10 @@ of stalling the restore: Faust's conductor dropped it before the recovery loop s
 reached the changelog's end (not reported upstream).
 
 Three more are for speed, not safety: ``deliver_in_batches`` hands an input partition's fetched records to its
-agent as one event instead of one per record; ``set_durably`` writes a batch of table values to the store and the changelog
-as one produce request instead of one Faust send per key (the same records, partition and persisted offset), and
-``restore_in_bulk`` reads the changelogs of a recovery in batches with a consumer of its own instead of record by
-record through Faust's fetch loop.
+agent as one event instead of one per record; ``set_durably`` writes a batch of table values to the store and the
+changelog as one produce request instead of one Faust send per key (the same records, partition and persisted
+offset), and ``restore_in_bulk`` reads the changelogs of a recovery in batches with a consumer of its own instead
+of record by record through Faust's fetch loop.
 
 Upstream: records dropped around rebalances and recovery are the family of robinhood/faust #115 and
 faust-streaming #216/#217, #221/#223 and #241 (fixed there for other paths; this one remains in 0.15.3); the
@@ -46,6 +46,7 @@ from functools import partial
 from importlib.metadata import version
 from time import monotonic
 
+import orjson
 from aiokafka import AIOKafkaConsumer
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.structs import TopicPartition as KafkaTopicPartition
@@ -60,7 +61,6 @@ from faust.transport.consumer import Consumer
 from faust.transport.producer import ProducerBuffer
 from faust.types import TP
 from faust.utils.functional import consecutive_numbers
-import orjson
 
 from streams.faults import stage_failed
 
@@ -190,12 +190,12 @@ class _RecordBatchSchema(Schema):
 
 def deliver_in_batches(app, name: str, most: int):
     """The topic ``name`` of ``app``, whose records reach its agent as one event per partition and fetch (a
-    ``RecordBatch`` of ``most`` records at most), instead of one event per record. Faust's per-record machinery — a delivery through
-    ``wait_first`` (Tasks created and cancelled), a queue put and get, a Message and an Event, an ack and its
-    bookkeeping — cost more per record than decoding, validating and pseudonymising it (../shared/PERF.md: a
-    no-op agent ran at ~0.18 of the raw consume+decode ceiling). The batch's event is acknowledged as any event
-    is; its offsets count as processed only then, all of them (``_expand_batches``). Not reported upstream (Faust
-    has no batch delivery; ``take_events`` batches after the per-record costs)."""
+    ``RecordBatch`` of ``most`` records at most), instead of one event per record. Faust's per-record machinery —
+    a delivery through ``wait_first`` (Tasks created and cancelled), a queue put and get, a Message and an Event,
+    an ack and its bookkeeping — cost more per record than decoding, validating and pseudonymising it
+    (../shared/PERF.md: a no-op agent ran at ~0.18 of the raw consume+decode ceiling). The batch's event is
+    acknowledged as any event is; its offsets count as processed only then, all of them (``_expand_batches``). Not
+    reported upstream (Faust has no batch delivery; ``take_events`` batches after the per-record costs)."""
     app.__dict__.setdefault("batched_topics", {})[name] = most
     return app.topic(name, schema=_RecordBatchSchema(key_type=bytes, value_type=bytes, key_serializer="raw",
                                                      value_serializer="raw"))
@@ -224,10 +224,9 @@ async def _getmany_in_batches(self: Consumer, timeout: float):
         except Exception as exc:
             log.warning("exception performing seek when flow not active %r", exc)
         return
-    wanted = lambda tp: active_partitions is None or tp in active_partitions or tp in self._buffered_partitions  # noqa: E731
     singles = {}
     for tp, fetched in records.items():
-        if not wanted(tp):
+        if not (active_partitions is None or tp in active_partitions or tp in self._buffered_partitions):
             continue
         if tp.topic not in batched:
             singles[tp] = fetched
