@@ -31,7 +31,6 @@ class RegionReadModel:
         # gauges' refresh each second), not per fetch — a region's state is kilobytes of JSON, written once per
         # batch the region stage takes, and decoding every one cost the worker ~7 % of its CPU in a backlog
         self._pending: dict[bytes | None, list] = {}
-        self.version = 0  # changes whenever a state may have: what the gauges' refresh skips on (streams/web.py)
         self._state_versions: dict[str, int] = {}  # per region: changes when its decoded state does
         # per region: (its state version, the stream clock, the Region, its view); a view is recomputed only when
         # one of them changed. /regions is polled (the page, the latency benchmark every 20 ms) while the region
@@ -105,8 +104,6 @@ class RegionReadModel:
                     for message in messages:
                         self._pending.setdefault(message.key, []).append((message.partition, message.offset,
                                                                           message.value))
-                if fetched:
-                    self.version += 1
                 if not self.ready.is_set() and all(await self._caught_up(consumer, ends)):
                     log.info("read model caught up with %s: %d regions", self.topic, len(self.stats))
                     self.ready.set()

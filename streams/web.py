@@ -9,7 +9,7 @@ from aiokafka.errors import IllegalStateError
 from prometheus_client import start_http_server
 
 from streams import faust_fixes, metrics, probes
-from streams.reference import reference, regions as reference_regions
+from streams.reference import regions as reference_regions
 
 
 def register(topo) -> None:
@@ -78,15 +78,8 @@ def register(topo) -> None:
     async def serve_metrics():
         start_http_server(topo.settings.metrics_port, addr=topo.settings.http_host, registry=metrics.WORKER_REGISTRY)
 
-    refreshed = {"version": None}
-
     @app.timer(1.0)
     async def refresh_gauges():
-        # the views change with the region states and the reference data (a quota change), not with wall time
-        version = (topo.read_model.version, id(reference()))
-        if version == refreshed["version"]:
-            return
-        refreshed["version"] = version
         views = topo.read_model.views()
         for view in views:
             metrics.publish_region(view)

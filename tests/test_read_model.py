@@ -12,11 +12,10 @@ from streams.reference import regions as reference_regions
 
 
 def fetched(model: RegionReadModel, *records: tuple[str, object]) -> None:
-    """What ``RegionReadModel.run`` does with a fetch: the records kept undecoded, the version moved."""
+    """What ``RegionReadModel.run`` does with a fetch: the records kept undecoded."""
     for offset, (code, value) in enumerate(records):
         raw = value if isinstance(value, bytes) or value is None else orjson.dumps(value)
         model._pending.setdefault(orjson.dumps(code), []).append((0, offset, raw))
-    model.version += 1
 
 
 def state(registered: int, wm: int = 0) -> dict:
