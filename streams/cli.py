@@ -1,7 +1,6 @@
 """`jamsostek`: one entry point for the local stack, the simulator and (later) the workers."""
 from __future__ import annotations
 
-import enum
 import os
 import shutil
 import signal
@@ -15,22 +14,12 @@ from rich.console import Console
 from rich.table import Table
 
 from streams import privacy
+from streams.commands import ConfigOpt, LogLevel, LogLevelOpt, add_plugins, console, fail, safe_url, settings_from
 from streams.config import Settings
 
 app = typer.Typer(help="Live BPJS Ketenagakerjaan coverage for East Kalimantan, on Kafka + Faust.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
-console = Console(stderr=True, soft_wrap=True)  # an error stays one line, however narrow the terminal
 DEBUG_ENV = "JAMSOSTEK_DEBUG"  # set to 1 for a full traceback instead of the one-line error
-
-
-class LogLevel(str, enum.Enum):
-    debug = "debug"
-    info = "info"
-    warning = "warning"
-    error = "error"
-
-
-LogLevelOpt = typer.Option(LogLevel.info, "--loglevel", case_sensitive=False, help="how much the process logs")
 
 
 def _version(value: bool) -> None:
@@ -67,29 +56,11 @@ def main() -> None:
         sys.exit(1)
 
 
-def _settings(config: Optional[Path]) -> Settings:
-    if config is not None:
-        os.environ["JAMSOSTEK_CONFIG"] = str(config)
-    try:
-        return Settings()
-    except Exception as exc:  # pydantic ValidationError, missing file: say it plainly
-        console.print(f"[red]configuration error:[/] {exc}")
-        raise typer.Exit(2)
-
-
-ConfigOpt = typer.Option(None, "--config", "-c", help="TOML file with settings (env vars still win)", exists=True)
-
-
-def _fail(exc: Exception | str) -> None:
-    console.print(f"[red]error:[/] {exc}")
-    raise typer.Exit(1)
-
-
 @app.command()
 def fetch(config: Optional[Path] = ConfigOpt) -> None:
     """Resolve the Kafka and Apicurio Registry jars from Maven into the cache (done once; later starts are offline)."""
     from streams.launcher import LauncherError, maven
-    s = _settings(config)
+    s = settings_from(config)
     try:
         with console.status("resolving org.apache.kafka:kafka_2.13 and its runtime dependencies ..."):
             cp = maven.kafka_classpath(s.cache_dir, s.kafka_version)
@@ -98,7 +69,7 @@ def fetch(config: Optional[Path] = ConfigOpt) -> None:
             home = maven.apicurio_home(s.cache_dir, s.apicurio_version)
         console.print(f"[green]✓[/] Apicurio Registry {s.apicurio_version}: {home}")
     except LauncherError as exc:
-        _fail(exc)
+        fail(exc)
 
 
 @app.command()
@@ -108,7 +79,7 @@ def broker(config: Optional[Path] = ConfigOpt,
     from streams.launcher import LauncherError
     from streams.launcher.stack import local_stack
     from streams.topics import ensure_topics
-    s = _settings(config)
+    s = settings_from(config)
     if fresh:
         shutil.rmtree(s.state_dir, ignore_errors=True)
     _stop_on_signals()
@@ -121,7 +92,7 @@ def broker(config: Optional[Path] = ConfigOpt,
     except KeyboardInterrupt as stopped:
         console.print(f"stopped ({stopped})")
     except LauncherError as exc:
-        _fail(exc)
+        fail(exc)
 
 
 def _stop_on_signals() -> None:
@@ -147,7 +118,7 @@ def _ensure_topics_or_fail(s: Settings) -> list[str]:
     try:
         return ensure_topics(s, probe_seconds=5)
     except BrokerUnreachable as exc:
-        _fail(f"{exc}; is Kafka running? (`jamsostek broker` starts one locally)")
+        fail(f"{exc}; is Kafka running? (`jamsostek broker` starts one locally)")
 
 
 def _print_endpoints(s: Settings) -> None:
@@ -159,7 +130,7 @@ def _print_endpoints(s: Settings) -> None:
 @app.command()
 def topics(config: Optional[Path] = ConfigOpt) -> None:
     """Create the contract's topics on the configured broker (idempotent)."""
-    created = _ensure_topics_or_fail(_settings(config))
+    created = _ensure_topics_or_fail(settings_from(config))
     console.print(f"created: {', '.join(created) or 'nothing (all exist)'}")
 
 
@@ -180,7 +151,7 @@ def simulate(
     """Publish a realistic, seeded, event-time-ordered stream of Kaltim events."""
     from streams.simulator.publish import run_simulation
     from streams.simulator.scenario import SCENARIO_FILE, Scenario
-    s = _settings(config)
+    s = settings_from(config)
     sc = Scenario.load(scenario_file or SCENARIO_FILE, seed=seed, scale=scale, bad_share=bad_share,
                        duplicate_share=duplicate_share)
     _ensure_topics_or_fail(s)
@@ -237,7 +208,7 @@ def worker(config: Optional[Path] = ConfigOpt,
     from streams.topics import app_topics, ensure_topics
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 <pid>` dumps every thread's stack
     privacy.install_log_scrubber()
-    s = _settings(config)
+    s = settings_from(config)
     if s.event_loop == "uvloop":  # EVENT_LOOP=asyncio to go back (docs/reliability.md, "Open")
         import mode.loop
         mode.loop.use("uvloop")  # before Faust creates its loop (and its consumer thread's)
@@ -245,7 +216,7 @@ def worker(config: Optional[Path] = ConfigOpt,
         topo = create_app(s)
         ensure_topics(s, extra=app_topics(topo))
     except ValueError as exc:  # e.g. production mode without PSEUDONYM_KEY
-        _fail(exc)
+        fail(exc)
     if s.profile_path is None:
         faust.Worker(topo.app, loglevel=loglevel.value, quiet=True).execute_from_commandline()
         return
@@ -259,68 +230,6 @@ def worker(config: Optional[Path] = ConfigOpt,
         s.profile_path.with_suffix(".html").write_text(profiler.output_html())
         s.profile_path.with_suffix(".txt").write_text(profiler.output_text(unicode=True, show_all=False))
         profiler.last_session.save(str(s.profile_path.with_suffix(".pyisession")))  # pyinstrument --load: re-render
-
-
-@app.command(context_settings={"ignore_unknown_options": True})  # `migrate -1` is a revision, not an option
-def migrate(config: Optional[Path] = ConfigOpt,
-            revision: str = typer.Argument("head", help="target revision: head (default), or base / -1 to go down "
-                                                          "(drops tables: asks first)"),
-            yes: bool = typer.Option(False, "--yes", "-y", help="do not ask before a downgrade")) -> None:
-    """Create or upgrade the warehouse schema (Alembic) at WAREHOUSE_URL and load the dimension tables."""
-    from sinks.warehouse import db
-    s = _settings(config)
-    url = s.warehouse_url
-    down = revision == "base" or revision.startswith("-")
-    if down and not yes:
-        if not sys.stdin.isatty():
-            console.print(f"[red]error:[/] `migrate {revision}` drops warehouse tables at {_safe_url(url)}; "
-                          "pass --yes to confirm")
-            raise typer.Exit(2)
-        typer.confirm(f"Downgrade the warehouse at {_safe_url(url)} to {revision}? This drops tables and their rows",
-                      abort=True)
-    try:
-        if down:
-            db.downgrade(url, revision)
-        else:
-            db.migrate(url, revision)
-    except Exception as exc:  # unreachable database, bad URL: one readable line
-        _fail(exc)
-    console.print(f"[green]✓[/] warehouse at {_safe_url(url)} is at revision {revision}")
-
-
-def _safe_url(url: str) -> str:
-    from sqlalchemy.engine import make_url
-    return make_url(url).render_as_string(hide_password=True)
-
-
-@app.command()
-def sink(config: Optional[Path] = ConfigOpt,
-         loglevel: LogLevel = LogLevelOpt) -> None:
-    """Run the warehouse sink: migrate, then write facts and region snapshots, committing offsets after each batch."""
-    import asyncio
-    import logging
-    from sinks.warehouse import db
-    from sinks.warehouse.sink import WarehouseSink
-    s = _settings(config)
-    privacy.install_log_scrubber()
-    logging.basicConfig(level=loglevel.value.upper(), format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx2").setLevel(logging.WARNING)  # one line per registry lookup is noise
-    try:
-        s.pseudonym_key_bytes()  # production without a key: refuse before touching anything
-        db.migrate(s.warehouse_url)
-        warehouse = WarehouseSink(s)
-    except Exception as exc:
-        _fail(exc)
-
-    async def main() -> None:
-        task, loop = asyncio.current_task(), asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):  # stop between batches' awaits; uncommitted work is re-read
-            loop.add_signal_handler(sig, task.cancel)
-        try:
-            await warehouse.run()
-        except asyncio.CancelledError:
-            console.print("warehouse sink stopped")
-    asyncio.run(main())
 
 
 @app.command()
@@ -337,7 +246,7 @@ def run(
     from streams.simulator.publish import run_simulation
     from streams.simulator.scenario import Scenario
     from streams.topics import ensure_topics
-    s = _settings(config)
+    s = settings_from(config)
     if fresh:
         shutil.rmtree(s.state_dir, ignore_errors=True)
     scenario = Scenario.load()
@@ -360,7 +269,7 @@ def run(
             console.print(f"  web page:  http://127.0.0.1:{live.web_port}/   (JSON: /regions/)")
             console.print(f"  metrics:   http://127.0.0.1:{live.metrics_port}/metrics  and  "
                           f"http://127.0.0.1:{live.sink_metrics_port}/metrics (sink)")
-            console.print(f"  warehouse: {_safe_url(live.warehouse_url)}")
+            console.print(f"  warehouse: {safe_url(live.warehouse_url)}")
             try:
                 run_simulation(live, scenario, months=months, live_rate=live_rate)
                 console.print("history replayed; Ctrl-C stops everything")
@@ -371,8 +280,10 @@ def run(
     except KeyboardInterrupt as stopped:
         console.print(f"stopped ({stopped})")
     except LauncherError as exc:
-        _fail(exc)
+        fail(exc)
 
+
+add_plugins(app)  # the warehouse sink's `sink` and `migrate` (sinks/cli.py): streams/ does not import sinks/
 
 if __name__ == "__main__":
     main()

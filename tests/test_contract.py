@@ -44,17 +44,31 @@ def test_every_non_required_field_has_a_default():
 
 def test_the_stream_worker_does_not_import_the_sinks():
     """The flow is schemas -> streams -> sinks: the worker publishes to topics and never calls a sink (the alert
-    webhook is a sink of the alerts topic). Only the command line, which starts either process, imports both."""
+    webhook is a sink of the alerts topic). Not even the command line: the sink's commands are a plugin (below)."""
     import ast
     offenders = []
     for path in sorted((PROJECT_ROOT / "streams").rglob("*.py")):
-        if path.name == "cli.py":
-            continue
         for node in ast.walk(ast.parse(path.read_text())):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             offenders += [f"{path.relative_to(PROJECT_ROOT)}: {n}" for n in names if n.split(".")[0] == "sinks"]
     assert offenders == []
+
+
+def test_the_sink_s_commands_come_from_its_installed_plugin():
+    """`jamsostek sink` and `jamsostek migrate` are added by the entry point sinks/ declares (pyproject.toml), the
+    same commands as sinks/cli.py defines, after the worker's own."""
+    import tomllib
+
+    from sinks import cli as sink_cli
+    from streams.cli import app
+    from streams.commands import PLUGIN_GROUP
+    declared = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]["entry-points"][PLUGIN_GROUP]
+    assert declared == {"warehouse": "sinks.cli:register"}
+    names = [c.name or c.callback.__name__ for c in app.registered_commands]
+    assert names[-2:] == ["migrate", "sink"] and len(set(names)) == len(names)
+    assert [c.callback for c in app.registered_commands[-2:]] == [c.callback for c in
+                                                                   sink_cli.commands.registered_commands]
 
 
 def test_only_faust_fixes_touches_faust_private_names():
