@@ -12,6 +12,7 @@ Flow (one module per stage):
 """
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 import faust
 
 from streams.config import Settings
+from streams import stacks
 from streams.faults import FaultPoints
 from streams.serde import AvroSerde
 from streams.topics import CHANGELOG_CONFIG
@@ -111,4 +113,8 @@ def create_app(settings: Settings) -> Topology:
     participants.register(topo)
     regions.register(topo)
     web.register(topo)
+
+    @app.task
+    async def dump_tasks_on_sigusr1():  # after mode's Worker installed its own SIGUSR1 handler: replaces it
+        stacks.install(asyncio.get_running_loop())
     return topo

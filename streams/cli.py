@@ -206,7 +206,7 @@ def worker(config: Optional[Path] = ConfigOpt,
     import faust
     from streams.app import create_app
     from streams.topics import app_topics, ensure_topics
-    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 <pid>` dumps every thread's stack
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # until the loop runs: then streams/stacks.py's dump
     privacy.install_log_scrubber()
     s = settings_from(config)
     if s.event_loop == "uvloop":  # EVENT_LOOP=asyncio to go back (docs/reliability.md, "Open")

@@ -1,0 +1,81 @@
+"""Where each asyncio task of a running worker waits: ``kill -USR1 <pid>`` writes every task's whole await chain to
+stderr (the worker's log).
+
+asyncio's own ``Task.print_stack`` (and mode's SIGUSR1 dump, which uses it) shows a suspended task's outer
+coroutine only: for a Faust agent, ``Agent._execute_actor`` at ``await coro``, which says nothing of where the agent
+is. Here the chain is followed down through ``cr_await`` / ``ag_await`` / ``gi_yieldfrom`` (and from an
+``async for``'s pending ``asend`` to its async generator) to what the innermost frame waits on."""
+from __future__ import annotations
+
+import asyncio
+import faulthandler
+import gc
+import inspect
+import signal
+import sys
+import traceback
+from typing import TextIO
+
+MAX_DEPTH = 200
+
+
+def _frame_of(obj):
+    return getattr(obj, "cr_frame", None) or getattr(obj, "ag_frame", None) or getattr(obj, "gi_frame", None)
+
+
+def _awaited_by(obj):
+    """What a suspended coroutine, async generator or generator awaits, or None."""
+    for name in ("cr_await", "ag_await", "gi_yieldfrom"):
+        inner = getattr(obj, name, None)
+        if inner is not None:
+            return inner
+    if type(obj).__name__ in ("async_generator_asend", "async_generator_athrow"):
+        # a pending ``__anext__`` of an ``async for``: its generator is reachable only through the GC's referents
+        return next((r for r in gc.get_referents(obj) if inspect.isasyncgen(r)), None)
+    return None
+
+
+def await_chain(coro) -> tuple[list, object]:
+    """The frames from ``coro`` down its await chain, outermost first, and the object the innermost one waits on
+    (a Future, a Task, or None when it is not suspended on anything)."""
+    frames, obj, seen = [], coro, set()
+    while obj is not None and id(obj) not in seen and len(frames) < MAX_DEPTH:
+        seen.add(id(obj))
+        frame = _frame_of(obj)
+        if frame is None and not (inspect.iscoroutine(obj) or inspect.isasyncgen(obj) or inspect.isgenerator(obj)
+                                  or type(obj).__name__.startswith("async_generator_")):
+            return frames, obj  # a Future or anything else awaitable: the leaf
+        if frame is not None:
+            frames.append(frame)
+        obj = _awaited_by(obj)
+    return frames, obj
+
+
+def format_tasks(loop: asyncio.AbstractEventLoop | None = None) -> str:
+    """Every task of ``loop`` (the running loop by default) with its await chain, one block each."""
+    tasks = asyncio.all_tasks(loop)
+    lines = [f"--- {len(tasks)} asyncio tasks, innermost call last ---"]
+    for task in sorted(tasks, key=lambda t: t.get_name()):
+        frames, leaf = await_chain(task.get_coro())
+        lines.append(f"Task {task.get_name()} ({'done' if task.done() else 'pending'}): {task.get_coro()!r}")
+        summary = traceback.StackSummary.extract(((f, f.f_lineno) for f in frames), limit=MAX_DEPTH,
+                                                 lookup_lines=True)
+        lines.extend(line.rstrip("\n") for line in summary.format())
+        waiter = getattr(task, "_fut_waiter", None)  # the future itself (the chain ends in its iterator)
+        if waiter is not None or leaf is not None:
+            lines.append(f"    waiting on {waiter if waiter is not None else leaf!r}"[:500])
+    return "\n".join(lines) + "\n"
+
+
+def dump_tasks(out: TextIO | None = None) -> None:
+    """Every thread's stack (the consumer's thread, the web server's), then every task of the running loop."""
+    out = out or sys.stderr
+    out.flush()
+    faulthandler.dump_traceback(file=out, all_threads=True)
+    out.write(format_tasks())
+    out.flush()
+
+
+def install(loop: asyncio.AbstractEventLoop) -> None:
+    """``kill -USR1`` dumps every task (replaces mode's SIGUSR1 dump, which stops at each agent's ``await coro``)."""
+    loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
