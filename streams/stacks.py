@@ -68,14 +68,14 @@ def format_tasks(loop: asyncio.AbstractEventLoop | None = None) -> str:
 
 
 def dump_tasks(out: TextIO | None = None) -> None:
-    """Every thread's stack (the consumer's thread, the web server's), then every task of the running loop."""
     out = out or sys.stderr
-    out.flush()
-    faulthandler.dump_traceback(file=out, all_threads=True)
     out.write(format_tasks())
     out.flush()
 
 
 def install(loop: asyncio.AbstractEventLoop) -> None:
-    """``kill -USR1`` dumps every task (replaces mode's SIGUSR1 dump, which stops at each agent's ``await coro``)."""
+    """``kill -USR1``: every thread's stack at once, from the signal handler itself (faulthandler), so a loop
+    busy in one long call shows where; then every task's chain, from the loop as soon as it runs again. Replaces
+    mode's SIGUSR1 dump, which stops at each agent's ``await coro``."""
     loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
+    faulthandler.register(signal.SIGUSR1, all_threads=True, chain=True)  # then the loop's handler above

@@ -1,8 +1,10 @@
 """The task dump behind ``kill -USR1``: each task's whole await chain, not only its outer coroutine."""
 import asyncio
-import io
+import faulthandler
 import os
 import signal
+import subprocess
+import time
 
 from streams import stacks
 
@@ -36,14 +38,26 @@ def test_the_dump_follows_a_task_down_to_what_its_innermost_frame_waits_on():
     assert "waiting on <Future pending" in block
 
 
-def test_sigusr1_writes_threads_and_tasks_once_installed(capfd):
+def _busy(seconds: float) -> None:  # a loop stuck in one long call
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        pass
+
+
+def test_sigusr1_shows_a_busy_loop_where_it_is_then_every_task_once_it_runs_again(capfd):
     async def main():
         stacks.install(asyncio.get_running_loop())
         try:
-            os.kill(os.getpid(), signal.SIGUSR1)
+            # from another process, as an operator would (a thread of ours that sent it and exited could race
+            # the dump of every thread)
+            subprocess.Popen(["sh", "-c", f"sleep 0.1; kill -USR1 {os.getpid()}"])
+            _busy(1.0)
+            threads = capfd.readouterr().err  # written from the signal handler while the loop was busy
             await asyncio.sleep(0.1)
+            return threads, capfd.readouterr().err
         finally:
             asyncio.get_running_loop().remove_signal_handler(signal.SIGUSR1)
-    asyncio.run(main())
-    err = capfd.readouterr().err
-    assert "Current thread" in err and "asyncio tasks" in err and "in main" in err
+            faulthandler.unregister(signal.SIGUSR1)
+    threads, tasks = asyncio.run(main())
+    assert "Current thread" in threads and "in _busy" in threads
+    assert "asyncio tasks" in tasks and "in main" in tasks
