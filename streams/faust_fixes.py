@@ -257,14 +257,20 @@ async def _getmany_in_batches(self: Consumer, timeout: float):
 
 
 def _expand_batches(self: Consumer, tp, acked: list) -> None:
-    """A batch's message acknowledged (its last offset in ``acked``) acknowledges every offset of the batch."""
+    """A batch's message acknowledged (its last offset in ``acked``) acknowledges every offset of the batch, once:
+    each goes in Faust's index too. Without that, a batch read again after a seek (around a rebalance, both reads
+    acknowledged before the commit passed them) put its offsets in ``acked`` twice, and a commit then took only
+    the run up to the first repeated offset: two offsets per commit, the join-and-leave drill timed out with a
+    partition read to its end but committed ~1,500 records behind (2026-11-27)."""
     firsts = getattr(self, "batch_first", {}).get(tp)
     if not firsts:
         return
     index = self._acked_index[tp]
     for last in [last for last in firsts if last in index]:
         first = firsts.pop(last)
-        acked.extend(o for o in range(first, last) if o not in index)
+        new = [o for o in range(first, last) if o not in index]
+        acked.extend(new)
+        index.update(new)
     committed = self._committed_offset.get(tp)
     if committed is not None and len(firsts) > 64:  # batches never acknowledged (revoked, re-read): forget them
         for last in [last for last in firsts if last < committed]:

@@ -112,6 +112,26 @@ def test_an_input_batch_counts_as_processed_only_when_its_event_is_acknowledged_
     assert new_offset(books, TP) is None
 
 
+def test_a_batch_read_again_after_a_seek_counts_each_offset_once_and_the_commit_takes_all_of_it():
+    """Around a rebalance a partition is read again from its committed offset while batches of the first read are
+    still acknowledged: their ranges overlap. Each offset counts once, and one commit takes the whole run (when an
+    overlap put offsets in twice, each commit took two of them: a partition read to its end stayed ~1,500 records
+    behind in the join-and-leave drill)."""
+    def ack(offset):  # as Faust's Consumer.ack: an offset in the index is not added again
+        if offset not in books._acked_index[TP]:
+            books._acked[TP].append(offset)
+            books._acked_index[TP].add(offset)
+    books = Books(100, [])
+    books.batch_first = {TP: {149: 110, 199: 150}}  # first read: 110-149 and 150-199; 100-109 not acknowledged
+    ack(149)
+    ack(199)
+    assert new_offset(books, TP) is None  # 100 not processed yet
+    books.batch_first[TP][179] = 100  # read again from the committed offset: 100-179, overlapping both
+    ack(179)
+    assert new_offset(books, TP) == 200
+    assert books._acked[TP] == [] and books._acked_index[TP] == set()
+
+
 def test_flush_returns_only_when_every_buffered_state_write_is_handed_to_the_producer():
     faust_fixes.install()
     published, n = asyncio.run(flushed_while_pending(ProducerBuffer.flush))
