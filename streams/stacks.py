@@ -68,7 +68,7 @@ def format_tasks(loop: asyncio.AbstractEventLoop | None = None) -> str:
 
 
 def dump_tasks(out: TextIO | None = None) -> None:
-    out = out or sys.stderr
+    out = out or sys.__stderr__  # the process's own (mode puts a logging proxy without a file in sys.stderr)
     out.write(format_tasks())
     out.flush()
 
@@ -78,4 +78,6 @@ def install(loop: asyncio.AbstractEventLoop) -> None:
     busy in one long call shows where; then every task's chain, from the loop as soon as it runs again. Replaces
     mode's SIGUSR1 dump, which stops at each agent's ``await coro``."""
     loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
-    faulthandler.register(signal.SIGUSR1, all_threads=True, chain=True)  # then the loop's handler above
+    # then the loop's handler above; to the process's stderr (a file descriptor: faulthandler writes from the
+    # signal handler, and mode's sys.stderr is a logging proxy without one)
+    faulthandler.register(signal.SIGUSR1, file=sys.__stderr__, all_threads=True, chain=True)

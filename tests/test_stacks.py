@@ -1,9 +1,11 @@
 """The task dump behind ``kill -USR1``: each task's whole await chain, not only its outer coroutine."""
 import asyncio
 import faulthandler
+import io
 import os
 import signal
 import subprocess
+import sys
 import time
 
 from streams import stacks
@@ -44,7 +46,8 @@ def _busy(seconds: float) -> None:  # a loop stuck in one long call
         pass
 
 
-def test_sigusr1_shows_a_busy_loop_where_it_is_then_every_task_once_it_runs_again(capfd):
+def test_sigusr1_shows_a_busy_loop_where_it_is_then_every_task_once_it_runs_again(capfd, monkeypatch):
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # as mode's logging proxy in a worker: no file descriptor
     async def main():
         stacks.install(asyncio.get_running_loop())
         try:
