@@ -78,6 +78,7 @@ ORIGINALS = {
     "Consumer._drain_messages": Consumer._drain_messages,
     "Consumer.getmany": Consumer.getmany,
     "Consumer.seek": Consumer.seek,  # sets the read offset to the next offset to read (the batch trim relies on it)
+    "Consumer._add_gap": Consumer._add_gap,  # not called by the fetch loop for a batch (_add_gap_unless_batched)
     "ProducerBuffer.flush": ProducerBuffer.flush,
     "ProducerBuffer._send_pending": ProducerBuffer._send_pending,
     "ProducerBuffer._handle_pending": ProducerBuffer._handle_pending,  # calls _send_pending, sets message_sent
@@ -113,6 +114,7 @@ _perform_seek = ORIGINALS["Consumer.perform_seek"]
 _init = ORIGINALS["Consumer.__init__"]
 _send_pending = ORIGINALS["ProducerBuffer._send_pending"]
 _getmany = ORIGINALS["Consumer.getmany"]
+_add_gap = ORIGINALS["Consumer._add_gap"]
 _create_worker_consumer = ORIGINALS["AIOKafkaConsumerThread._create_worker_consumer"]
 _build_offsets = ORIGINALS["Recovery._build_offsets"]
 _apply_changelog_batch = ORIGINALS["Table.apply_changelog_batch"]
@@ -142,9 +144,11 @@ def _new_offset_without_passing_a_hole(self: Consumer, tp) -> int | None:
         return _run_below(self, tp, min(withheld))
     gaps = self._gap[tp]
     if gaps:
-        top = max(acked)
+        top, index = max(acked), self._acked_index[tp]
         for interval in sorted(gaps.overlap(0, top), key=lambda i: i.begin):
-            acked.extend(range(interval.begin, interval.end))
+            new = [o for o in range(interval.begin, interval.end) if o not in index]  # once (_expand_batches)
+            acked.extend(new)
+            index.update(new)
         gaps.chop(0, max(max(acked), top + 1))
     acked.sort()
     committed = self._committed_offset.get(tp)
@@ -241,7 +245,7 @@ async def _getmany_in_batches(self: Consumer, timeout: float):
                 continue
             first, last = batch[0].offset, batch[-1].offset
             if read is not None and first - read > 1 and self.app.topics.acks_enabled_for(tp.topic):
-                await self._add_gap(tp, read + 1, first - 1)
+                await _add_gap(self, tp, read + 1, first - 1)  # Faust's: the patched one ignores batches
             self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
             message = self._to_message(tp, batch[-1])
             message.key, message.value = None, batch
@@ -254,6 +258,21 @@ async def _getmany_in_batches(self: Consumer, timeout: float):
             break
         self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
         yield tp, to_message(tp, record)
+
+
+async def _add_gap_unless_batched(self: Consumer, tp, offset_from: int, offset_to: int) -> None:
+    """Faust's ``_add_gap``, but not for a batched topic: there ``_getmany_in_batches`` registers the hole before
+    a batch itself, from the batch's first offset. The fetch loop computes a hole from the message's offset and
+    the read offset, which for a batch is right only while the read offset is the one ``_getmany_in_batches``
+    set (the batch's last offset but one). Every 100 messages the loop awaits ``sleep(0)`` between taking a
+    message and reading the read offset; a rebalance's seek in that pause set it back to the committed offset,
+    and the loop registered everything from there to the batch's end as a hole — offsets not processed in the
+    new generation counted as processed (and, once the partition was read again, counted twice). Seen in the
+    join-and-leave drill (a 146-offset gap at ``registrations[1]``, 2026-11-27). Not reported upstream (Faust
+    has no batch delivery; for single records its hole includes the delivered record, see above)."""
+    if tp.topic in getattr(self.app, "batched_topics", ()):
+        return
+    await _add_gap(self, tp, offset_from, offset_to)
 
 
 def _expand_batches(self: Consumer, tp, acked: list) -> None:
@@ -775,6 +794,7 @@ def install(bulk_restore: bool = True) -> None:
         Consumer.__init__ = _init_with_shielded_delivery
         Consumer._new_offset = _new_offset_without_passing_a_hole
         Consumer.getmany = _getmany_in_batches
+        Consumer._add_gap = _add_gap_unless_batched
         App._on_agent_error = _stage_failed_exits
         Table.apply_changelog_batch = _apply_changelog_batch_setting_aside_undecodable
         codecs.register(CHECKED_JSON, _CheckedJson())

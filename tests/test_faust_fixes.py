@@ -132,6 +132,41 @@ def test_a_batch_read_again_after_a_seek_counts_each_offset_once_and_the_commit_
     assert books._acked[TP] == [] and books._acked_index[TP] == set()
 
 
+def test_a_gap_and_a_batch_over_the_same_offsets_count_each_offset_once():
+    """A registered gap (offsets without a record for the stream) and an acknowledged batch can cover the same
+    offsets, in either order: each counts once, and one commit takes the whole run."""
+    books = Books(100, [])
+    books._gap[TP].addi(100, 130)  # 100-129 registered as a gap
+    books.batch_first = {TP: {139: 120}}  # a batch of 120-139, acknowledged
+    books._acked[TP].append(139)
+    books._acked_index[TP].add(139)
+    assert new_offset(books, TP) == 140
+    books._committed_offset[TP] = 140
+    books._gap[TP].addi(140, 160)  # the other order: the gap first, then a batch over it
+    books._acked[TP].append(145)
+    books._acked_index[TP].add(145)
+    assert new_offset(books, TP) == 160  # the gap's offsets (145 acknowledged too), up to 159
+    books._committed_offset[TP] = 160
+    books.batch_first[TP][169] = 150  # a batch read again over offsets already committed
+    books._acked[TP].append(169)
+    books._acked_index[TP].add(169)
+    assert new_offset(books, TP) == 170
+    assert books._acked[TP] == [] and books._acked_index[TP] == set()
+
+
+def test_the_fetch_loop_registers_no_gap_for_a_batched_topic_and_faust_s_gaps_for_the_rest():
+    """For a batch, the fetch loop's hole (read offset + 1 to the message's offset) is wrong whenever a seek moved
+    the read offset while it waited: the batcher registers a batch's holes itself (``_add_gap`` as Faust's)."""
+    books = Books(100, [])
+    books.app = SimpleNamespace(batched_topics={"inputs": 500})
+    batched, other = TopicPartition("inputs", 1), TopicPartition(*TP)
+    books._committed_offset[batched] = books._committed_offset[other] = 100
+    asyncio.run(faust_fixes._add_gap_unless_batched(books, batched, 101, 246))
+    assert not books._gap[batched]
+    asyncio.run(faust_fixes._add_gap_unless_batched(books, other, 101, 103))
+    assert sorted((i.begin, i.end) for i in books._gap[other]) == [(101, 104)]
+
+
 def test_flush_returns_only_when_every_buffered_state_write_is_handed_to_the_producer():
     faust_fixes.install()
     published, n = asyncio.run(flushed_while_pending(ProducerBuffer.flush))
@@ -156,6 +191,7 @@ PINNED = {
     "Consumer._drain_messages": "44a2500309e83c63",
     "Consumer.getmany": "4b168d84882a70d6",
     "Consumer.seek": "b86a9fe05f956b30",
+    "Consumer._add_gap": "4df2573ded7c1c2c",
     "ProducerBuffer.flush": "26fbebb124ad9c98",
     "ProducerBuffer._send_pending": "4a9d5f932b56bc68",
     "ProducerBuffer._handle_pending": "78d648030fd21016",
