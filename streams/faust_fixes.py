@@ -60,6 +60,7 @@ from faust.streams import _current_event
 from faust.transport.consumer import Consumer
 from faust.transport.producer import ProducerBuffer
 from faust.types import TP
+from faust.types.enums import ProcessingGuarantee
 from faust.utils.functional import consecutive_numbers
 
 from streams.faults import stage_failed
@@ -78,7 +79,7 @@ ORIGINALS = {
     "Consumer._drain_messages": Consumer._drain_messages,
     "Consumer.getmany": Consumer.getmany,
     "Consumer.seek": Consumer.seek,  # sets the read offset to the next offset to read (the batch trim relies on it)
-    "Consumer._add_gap": Consumer._add_gap,  # not called by the fetch loop for a batch (_add_gap_unless_batched)
+    "Consumer._add_gap": Consumer._add_gap,  # the fetch loop's, kept for transactions (_add_gap_only_for_transactions)
     "ProducerBuffer.flush": ProducerBuffer.flush,
     "ProducerBuffer._send_pending": ProducerBuffer._send_pending,
     "ProducerBuffer._handle_pending": ProducerBuffer._handle_pending,  # calls _send_pending, sets message_sent
@@ -245,7 +246,7 @@ async def _getmany_in_batches(self: Consumer, timeout: float):
                 continue
             first, last = batch[0].offset, batch[-1].offset
             if read is not None and first - read > 1 and self.app.topics.acks_enabled_for(tp.topic):
-                await _add_gap(self, tp, read + 1, first - 1)  # Faust's: the patched one ignores batches
+                await _add_gap(self, tp, read + 1, first - 1)  # Faust's (the patched one ignores the loop's)
             self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
             message = self._to_message(tp, batch[-1])
             message.key, message.value = None, batch
@@ -260,17 +261,23 @@ async def _getmany_in_batches(self: Consumer, timeout: float):
         yield tp, to_message(tp, record)
 
 
-async def _add_gap_unless_batched(self: Consumer, tp, offset_from: int, offset_to: int) -> None:
-    """Faust's ``_add_gap``, but not for a batched topic: there ``_getmany_in_batches`` registers the hole before
-    a batch itself, from the batch's first offset. The fetch loop computes a hole from the message's offset and
-    the read offset, which for a batch is right only while the read offset is the one ``_getmany_in_batches``
-    set (the batch's last offset but one). Every 100 messages the loop awaits ``sleep(0)`` between taking a
-    message and reading the read offset; a rebalance's seek in that pause set it back to the committed offset,
-    and the loop registered everything from there to the batch's end as a hole — offsets not processed in the
-    new generation counted as processed (and, once the partition was read again, counted twice). Seen in the
-    join-and-leave drill (a 146-offset gap at ``registrations[1]``, 2026-11-27). Not reported upstream (Faust
-    has no batch delivery; for single records its hole includes the delivered record, see above)."""
-    if tp.topic in getattr(self.app, "batched_topics", ()):
+async def _add_gap_only_for_transactions(self: Consumer, tp, offset_from: int, offset_to: int) -> None:
+    """Faust's ``_add_gap``, called by its fetch loop where offsets lie between the read offset and a delivered
+    message's, only where such offsets can be a transaction's markers: the internal topics under
+    ``exactly_once``. An input topic's holes (an upstream publisher's transactions) are registered by
+    ``_getmany_in_batches`` itself, from a batch's first offset; in ``at_least_once`` every offset of an
+    internal topic is a record, so a hole there is a record still to come.
+
+    What the loop registered otherwise was a race: every 100 messages it awaits ``sleep(0)`` between taking a
+    message and reading the read offset, and a rebalance's seek in that pause sets the read offset back to the
+    committed one. The loop then counted everything from there to the message (a whole batch and more) as a hole —
+    offsets not processed in the new generation counted as processed; the stale message itself is then skipped
+    as one of the old generation. Seen in the join-and-leave drill (a 146-offset gap at ``registrations[1]``,
+    2026-11-27): read again soon after, those offsets were acknowledged twice and the commit crawled; a crash in
+    between could have committed past records never processed. Ignoring a gap can only hold a commit back. Not
+    reported upstream."""
+    if tp.topic in getattr(self.app, "batched_topics", ()) or \
+            self.app.conf.processing_guarantee is not ProcessingGuarantee.EXACTLY_ONCE:
         return
     await _add_gap(self, tp, offset_from, offset_to)
 
@@ -794,7 +801,7 @@ def install(bulk_restore: bool = True) -> None:
         Consumer.__init__ = _init_with_shielded_delivery
         Consumer._new_offset = _new_offset_without_passing_a_hole
         Consumer.getmany = _getmany_in_batches
-        Consumer._add_gap = _add_gap_unless_batched
+        Consumer._add_gap = _add_gap_only_for_transactions
         App._on_agent_error = _stage_failed_exits
         Table.apply_changelog_batch = _apply_changelog_batch_setting_aside_undecodable
         codecs.register(CHECKED_JSON, _CheckedJson())

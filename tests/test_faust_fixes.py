@@ -154,17 +154,22 @@ def test_a_gap_and_a_batch_over_the_same_offsets_count_each_offset_once():
     assert books._acked[TP] == [] and books._acked_index[TP] == set()
 
 
-def test_the_fetch_loop_registers_no_gap_for_a_batched_topic_and_faust_s_gaps_for_the_rest():
-    """For a batch, the fetch loop's hole (read offset + 1 to the message's offset) is wrong whenever a seek moved
-    the read offset while it waited: the batcher registers a batch's holes itself (``_add_gap`` as Faust's)."""
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+def test_the_fetch_loop_registers_a_gap_only_where_a_transaction_can_leave_one(guarantee):
+    """The fetch loop's hole (read offset + 1 to the message's offset) is wrong whenever a rebalance's seek moved
+    the read offset while it waited. Kept only for internal topics under exactly_once (transaction markers); an
+    input batch's holes are registered by the batcher itself."""
+    from faust.types.enums import ProcessingGuarantee
     books = Books(100, [])
-    books.app = SimpleNamespace(batched_topics={"inputs": 500})
-    batched, other = TopicPartition("inputs", 1), TopicPartition(*TP)
-    books._committed_offset[batched] = books._committed_offset[other] = 100
-    asyncio.run(faust_fixes._add_gap_unless_batched(books, batched, 101, 246))
+    books.app = SimpleNamespace(batched_topics={"inputs": 500},
+                                conf=SimpleNamespace(processing_guarantee=ProcessingGuarantee(guarantee)))
+    batched, internal = TopicPartition("inputs", 1), TopicPartition(*TP)
+    books._committed_offset[batched] = books._committed_offset[internal] = 100
+    asyncio.run(faust_fixes._add_gap_only_for_transactions(books, batched, 101, 246))
+    asyncio.run(faust_fixes._add_gap_only_for_transactions(books, internal, 101, 103))
     assert not books._gap[batched]
-    asyncio.run(faust_fixes._add_gap_unless_batched(books, other, 101, 103))
-    assert sorted((i.begin, i.end) for i in books._gap[other]) == [(101, 104)]
+    assert sorted((i.begin, i.end) for i in books._gap[internal]) == ([(101, 104)] if guarantee == "exactly_once"
+                                                                      else [])
 
 
 def test_flush_returns_only_when_every_buffered_state_write_is_handed_to_the_producer():
