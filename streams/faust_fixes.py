@@ -94,6 +94,9 @@ ORIGINALS = {
     "Topic.prepare_value": Topic.prepare_value,
     # the active changelogs are read in bulk right after it (restore_in_bulk)
     "Recovery._build_offsets": Recovery._build_offsets,
+    # the two ways a recovery resumes the streams: run with the consumer's flow stopped (_without_dropping)
+    "Recovery.on_recovery_completed": Recovery.on_recovery_completed,
+    "Recovery._resume_streams": Recovery._resume_streams,
     # what the bulk read relies on: Faust seeks each active changelog to ``active_offsets`` (the last offset
     # applied), then reads only while ``need_recovery()`` (an active offset below its highwater)
     "Recovery._seek_offsets": Recovery._seek_offsets,
@@ -116,6 +119,8 @@ _init = ORIGINALS["Consumer.__init__"]
 _send_pending = ORIGINALS["ProducerBuffer._send_pending"]
 _getmany = ORIGINALS["Consumer.getmany"]
 _add_gap = ORIGINALS["Consumer._add_gap"]
+_on_recovery_completed = ORIGINALS["Recovery.on_recovery_completed"]
+_resume_streams = ORIGINALS["Recovery._resume_streams"]
 _create_worker_consumer = ORIGINALS["AIOKafkaConsumerThread._create_worker_consumer"]
 _build_offsets = ORIGINALS["Recovery._build_offsets"]
 _apply_changelog_batch = ORIGINALS["Table.apply_changelog_batch"]
@@ -280,6 +285,26 @@ async def _add_gap_only_for_transactions(self: Consumer, tp, offset_from: int, o
             self.app.conf.processing_guarantee is not ProcessingGuarantee.EXACTLY_ONCE:
         return
     await _add_gap(self, tp, offset_from, offset_to)
+
+
+async def _on_recovery_completed_without_dropping(self: Recovery, generation_id: int = 0) -> None:
+    """Faust's ``on_recovery_completed`` (and ``_resume_streams``, below) with the consumer's flow stopped until
+    it resumes it at the end. Faust resumes the stream partitions, awaits the seek to the committed offsets, then
+    resumes ``app.flow_control`` — which clears every stream's queue — and the consumer's flow. But the flow was
+    already running (resumed to read the changelogs), so the fetch loop delivered records from the committed
+    offsets while the seek's awaits ran, and the clear then dropped them after their offsets were marked read:
+    never read again, never acknowledged, the partition's commit held at that offset for good. Seen in the
+    join-and-leave drill (registrations[0]: a batch of offsets 272–391 delivered after the seek, never processed,
+    committed offset stuck at 272; 2026-11-27). Stopped, the loop delivers nothing until the clear is done, and
+    seeks to the committed offsets itself meanwhile. Not reported upstream."""
+    self.app.consumer.stop_flow()
+    await _on_recovery_completed(self, generation_id)
+
+
+async def _resume_streams_without_dropping(self: Recovery, generation_id: int = 0) -> None:
+    """``_on_recovery_completed_without_dropping`` for a worker without tables (Faust's other path)."""
+    self.app.consumer.stop_flow()
+    await _resume_streams(self, generation_id)
 
 
 def _expand_batches(self: Consumer, tp, acked: list) -> None:
@@ -806,4 +831,6 @@ def install(bulk_restore: bool = True) -> None:
         Table.apply_changelog_batch = _apply_changelog_batch_setting_aside_undecodable
         codecs.register(CHECKED_JSON, _CheckedJson())
         AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer_with_fetch_wait
+        Recovery.on_recovery_completed = _on_recovery_completed_without_dropping
+        Recovery._resume_streams = _resume_streams_without_dropping
     Recovery._build_offsets = _build_offsets_then_restore_in_bulk if bulk_restore else _build_offsets

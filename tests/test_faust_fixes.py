@@ -172,6 +172,24 @@ def test_the_fetch_loop_registers_a_gap_only_where_a_transaction_can_leave_one(g
                                                                       else [])
 
 
+@pytest.mark.parametrize("patched, original", [
+    ("_on_recovery_completed_without_dropping", "_on_recovery_completed"),
+    ("_resume_streams_without_dropping", "_resume_streams")])
+def test_a_recovery_resumes_the_streams_with_the_consumer_s_flow_stopped(monkeypatch, patched, original):
+    """Faust resumes the stream partitions, seeks, then clears every stream's queue: records the fetch loop
+    delivered meanwhile were dropped after being marked read. Faust's code must run with the flow stopped (it
+    resumes the flow itself at the end)."""
+    consumer = SimpleNamespace(flow_active=True)
+    consumer.stop_flow = lambda: setattr(consumer, "flow_active", False)
+    seen = []
+
+    async def faust_s(self, generation_id=0):
+        seen.append((consumer.flow_active, generation_id))
+    monkeypatch.setattr(faust_fixes, original, faust_s)
+    asyncio.run(getattr(faust_fixes, patched)(SimpleNamespace(app=SimpleNamespace(consumer=consumer)), 3))
+    assert seen == [(False, 3)]
+
+
 def test_flush_returns_only_when_every_buffered_state_write_is_handed_to_the_producer():
     faust_fixes.install()
     published, n = asyncio.run(flushed_while_pending(ProducerBuffer.flush))
@@ -208,6 +226,8 @@ PINNED = {
     "Topic.prepare_key": "e201b689d5cdc828",
     "Topic.prepare_value": "5daf3918f136205c",
     "Recovery._build_offsets": "27eec86be06cb51f",
+    "Recovery.on_recovery_completed": "6ef567acf072e46d",
+    "Recovery._resume_streams": "d986a6710c1aca98",
     "Recovery._seek_offsets": "19598ca63d94d250",
     "Recovery.active_remaining": "0dcc38568ad5018b",
     "Table.apply_changelog_batch": "b980a78d3ae9b1e8",
