@@ -32,6 +32,9 @@ def _awaited_by(obj):
     if type(obj).__name__ in ("async_generator_asend", "async_generator_athrow"):
         # a pending ``__anext__`` of an ``async for``: its generator is reachable only through the GC's referents
         return next((r for r in gc.get_referents(obj) if inspect.isasyncgen(r)), None)
+    if type(obj).__name__ == "coroutine_wrapper":
+        # ``await x`` where ``x.__await__`` returns a coroutine's (a Faust agent's actor): likewise
+        return next((r for r in gc.get_referents(obj) if inspect.iscoroutine(r)), None)
     return None
 
 
@@ -43,7 +46,8 @@ def await_chain(coro) -> tuple[list, object]:
         seen.add(id(obj))
         frame = _frame_of(obj)
         if frame is None and not (inspect.iscoroutine(obj) or inspect.isasyncgen(obj) or inspect.isgenerator(obj)
-                                  or type(obj).__name__.startswith("async_generator_")):
+                                  or type(obj).__name__.startswith("async_generator_")
+                                  or type(obj).__name__ == "coroutine_wrapper"):
             return frames, obj  # a Future or anything else awaitable: the leaf
         if frame is not None:
             frames.append(frame)
@@ -77,6 +81,9 @@ def install(loop: asyncio.AbstractEventLoop) -> None:
     """``kill -USR1``: every thread's stack at once, from the signal handler itself (faulthandler), so a loop
     busy in one long call shows where; then every task's chain, from the loop as soon as it runs again. Replaces
     mode's SIGUSR1 dump, which stops at each agent's ``await coro``."""
+    # a registration made before the loop ran (streams/cli.py) is dropped first: registered again, faulthandler
+    # would keep the handler it saved then, and leave the loop's (installed since) in place of its own
+    faulthandler.unregister(signal.SIGUSR1)
     loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
     # then the loop's handler above; to the process's stderr (a file descriptor: faulthandler writes from the
     # signal handler, and mode's sys.stderr is a logging proxy without one)

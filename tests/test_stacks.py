@@ -22,8 +22,16 @@ async def _agent_body():
         pass
 
 
+class _Actor:  # as Faust's AwaitableActor: awaiting it awaits the agent's coroutine through ``__await__``
+    def __init__(self, coro):
+        self.coro = coro
+
+    def __await__(self):
+        return self.coro.__await__()
+
+
 async def _execute_actor(coro):  # as Faust's Agent._execute_actor: the outer frame asyncio's own dump stops at
-    await coro
+    await _Actor(coro)
 
 
 def test_the_dump_follows_a_task_down_to_what_its_innermost_frame_waits_on():
@@ -48,6 +56,7 @@ def _busy(seconds: float) -> None:  # a loop stuck in one long call
 
 def test_sigusr1_shows_a_busy_loop_where_it_is_then_every_task_once_it_runs_again(capfd, monkeypatch):
     monkeypatch.setattr(sys, "stderr", io.StringIO())  # as mode's logging proxy in a worker: no file descriptor
+    faulthandler.register(signal.SIGUSR1, file=sys.__stderr__, all_threads=True)  # as streams/cli.py, before the loop
     async def main():
         stacks.install(asyncio.get_running_loop())
         try:
