@@ -3,7 +3,7 @@
 Records arrive in batches: each Faust event is one input partition's fetched records, up to ``BATCH_SIZE``
 (streams/faust_fixes.py ``deliver_in_batches``), and the stage takes up to ``EVENTS_AT_ONCE`` of them together. The
 participant events of a batch go out as one message per participant-events partition (a JSON list, in input
-order), and each input partition's watermark is written once per batch. Per-record costs in Faust, not decoding,
+order), and each input partition's watermark is written, and passed on as a tick, at most once per batch. Per-record costs in Faust, not decoding,
 dominated: one Faust event per record cost the worker ~2.3x the CPU (100k backlog: 53 s → 24 s of worker CPU,
 1,757 → 3,137 events/s).
 
@@ -92,6 +92,7 @@ def _agent(topo, source, topic_name: str, record_name: str, lateness_ms: int) ->
             out: dict[int, list] = collections.defaultdict(list)
             marks: dict[str, PartitionClock] = {}
             last: dict[str, object] = {}  # mark -> its last event in the batch
+            ticks: dict[str, int] = {}  # mark -> its clock, if it entered a new day in the batch
             now, latest = time.time(), topo.settings.latest_event_ms()
             for event, message in _records(events):
                 mark = f"{topic_name}:{message.partition}"
@@ -127,11 +128,15 @@ def _agent(topo, source, topic_name: str, record_name: str, lateness_ms: int) ->
                     LATE_EVENTS.labels(topic_name).inc()
                 out[pe_partition(pkey, partitions)].append(record)
                 if seen.tick is not None:
-                    # this partition's clock entered a new day: a watermark to every participant-events partition,
-                    # behind the records of this source before it ("everything from it before ``at`` is on its way")
-                    for p in range(partitions):
-                        out[p].append({"kind": "Tick", "src": mark, "at": seen.tick})
+                    ticks[mark] = seen.tick
                 EVENT_LAG.observe(max(now - at / 1000, 0))
+            for mark, at in ticks.items():
+                # a partition's clock entered a new day: one watermark per batch (where the batch left the clock)
+                # to every participant-events partition, behind every record of the batch ("everything from this
+                # source before ``at`` is on its way"). A backlog's batch spans days: a tick per day crossed cost
+                # every participant and region stage a clock fold and every region a stall evaluation each.
+                for p in range(partitions):
+                    out[p].append({"kind": "Tick", "src": mark, "at": at})
             sent = []  # acknowledged before the clocks that record them are written (participants.py)
             for p, batch in sorted(out.items()):
                 sent += await send_batch(topo.participant_events, "events", batch, key=None, partition=p)

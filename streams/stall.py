@@ -248,10 +248,12 @@ def _step(alert: dict | None, cond: bool, clear: bool, day: int, for_days: int) 
 
 
 def evaluate_day(stats: dict, region: Region, day: int, rules: StallRules, grace_months: int, scale: float,
-                 programme_end_day: int) -> list[tuple[str, str, dict]]:
-    """Evaluate every rule for ``day``; update ``stats['alerts']``; return the transitions (kind, status, details)."""
+                 programme_end_day: int, as_of: tuple[dict, dict, dict] | None = None) -> list[tuple[str, str, dict]]:
+    """Evaluate every rule for ``day``; update ``stats['alerts']``; return the transitions (kind, status, details).
+    ``as_of``: ``_as_of(stats, day)`` when the caller has it (read, not changed)."""
     from streams.rules import PROGRAMME_COHORTS, active_count, not_renewed, period_of_ms, without_ended
-    hist, registered, fhist = _as_of(stats, day)
+    hist, registered, fhist = as_of or _as_of(stats, day)
+    hist, fhist = dict(hist), dict(fhist)  # shallow: the ended funders' members are taken out of copies
     period = period_of_ms(day * DAY_MS)
     ended = not_renewed(region, region.quota_at(period))  # a budget not renewed: its members have left
     hist["VULNERABLE_WORKER"], _ = without_ended(hist.get("VULNERABLE_WORKER", {}), fhist, ended)
@@ -335,9 +337,18 @@ def advance(stats: dict, region: Region, low_watermark_ms: int, rules: StallRule
     if stats["evaluated"] is None:
         stats["evaluated"] = stats["first_day"] = target - 1
     start = max(stats["evaluated"] + 1, target - MAX_CATCH_UP_DAYS + 1)
-    out = []
+    out, as_of = [], None
     for day in range(start, target + 1):
-        for kind, status, details in evaluate_day(stats, region, day, rules, grace_months, scale, programme_end_day):
+        # the figures as of each day in turn: those of the day before with that day's moves done again, instead of
+        # every move ahead undone and redone per day (a tick passing many days — one per batch of a backlog —
+        # made each day cost as much as all the days ahead)
+        if as_of is None:
+            as_of = _as_of(stats, day)
+        else:
+            hist, registered, fhist = as_of
+            _undo(hist, fhist, registered, stats["recent"].get(str(day - 1), {}), -1)
+        for kind, status, details in evaluate_day(stats, region, day, rules, grace_months, scale, programme_end_day,
+                                                  as_of):
             alert = stats["alerts"][kind]
             started = alert["started"] if status == "FIRING" else alert["last_started"]
             stats["alert_log"] = (stats.get("alert_log") or [])[-(ALERT_LOG - 1):] + [[kind, status, started, day]]

@@ -226,6 +226,34 @@ def test_alerts_do_not_depend_on_how_two_source_partitions_interleave(rnd: rando
     assert replay(in_turn)  # something did fire
 
 
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.integers(min_value=1, max_value=30), min_size=1, max_size=40))
+def test_one_tick_per_batch_gives_the_transitions_of_a_tick_per_day(chunks: list[int]):
+    """Ingest passes on at most one watermark per input partition and batch (the clock where the batch left it): a
+    batch of a backlog spans many days. Evaluating the days a coarse tick passes over, with the later days' events
+    already applied, gives the same transitions on the same days as a tick after every day. (The first tick sets
+    where a region's evaluation starts, ``evaluating_since``: both start on day 1 here.)"""
+    deltas = [reg(d) for d in range(25)] + [contrib(d) for d in range(0, 40, 2)] + [reg(d) for d in range(70, 80)]
+    daily = run(deltas, 100)
+    assert daily  # something fires
+    stats, out, day = None, [], 0
+    by_day: dict[int, list[dict]] = {}
+    for d in deltas:
+        by_day.setdefault(d["at"] // DAY_MS - DAY0, []).append(d)
+    for size in [1, *chunks, 100]:
+        end = min(day + size, 100)
+        for d in (d for later in range(day, end) for d in by_day.get(later, [])):
+            stats = rules.apply_delta(stats, d, REGION, SCALE)
+        stats = rules.apply_delta(stats, {"k": "tick", "at": (DAY0 + end) * DAY_MS, "src": [0, end, 0]}, REGION,
+                                  SCALE)
+        out += [(a["kind"], a["status"], stall.iso_day(a["occurred_at"] // DAY_MS))
+                for a in stall.advance(stats, REGION, min(stats["wm"].values()), RULES, 3, SCALE, END_DAY)]
+        day = end
+        if day == 100:
+            break
+    assert out == daily
+
+
 def as_of_day_by_day(stats: dict, day: int) -> tuple[dict, dict, dict]:
     """The as-of view the simple way (the code before 2026-11-26): each later day's moves undone in turn (the same
     per-move arithmetic, ``stall._undo``; what differs is which days' moves are undone or done again)."""
