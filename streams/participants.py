@@ -84,8 +84,9 @@ def register(topo) -> None:
     async def recheck_idle_sources():
         """Idleness is a matter of wall time: re-check each partition's clock even when no tick arrives."""
         for partition in range(settings.topic_partitions):
-            await topo.participant_events.send(key=None, value={"events": [{"kind": "Tick", "src": None, "at": 0}]},
-                                               partition=partition)
+            await topo.participant_events.send(
+                key=None, value=faust_fixes.json_value({"events": [{"kind": "Tick", "src": None, "at": 0}]}),
+                partition=partition)
 
     async def write(states: dict[int, tuple[dict, object]], clocks_of: dict[int, clocks.SourceClock]) -> None:
         """The participants' states of every partition, acknowledged by the broker, one produce request per

@@ -84,10 +84,11 @@ MAX_BATCH_ITEMS = 1000  # items per internal message at most: far below the brok
 
 
 async def send_batch(topic, field: str, items: list, **kwargs) -> list:
-    """Publish ``items`` on an internal topic as ``{field: [...]}`` messages, in order, now (``force``: not
-    deferred to the offset commit as Faust does by default). Returns the deliveries: awaiting them waits for the
-    broker's acknowledgement (see ``acknowledged``)."""
-    return [await topic.send(value={field: items[i:i + MAX_BATCH_ITEMS]}, force=True, **kwargs)
+    """Publish ``items`` on an internal topic (``faust_fixes.json_topic``) as ``{field: [...]}`` messages, in
+    order, now (``force``: not deferred to the offset commit as Faust does by default). Returns the deliveries:
+    awaiting them waits for the broker's acknowledgement (see ``acknowledged``)."""
+    from streams.faust_fixes import json_value  # here: the command line uses this module without loading Faust
+    return [await topic.send(value=json_value({field: items[i:i + MAX_BATCH_ITEMS]}), force=True, **kwargs)
             for i in range(0, len(items), MAX_BATCH_ITEMS)]
 
 

@@ -232,6 +232,10 @@ PINNED = {
     "Recovery.active_remaining": "0dcc38568ad5018b",
     "Table.apply_changelog_batch": "b980a78d3ae9b1e8",
     "codecs.json._loads": "97ef26001fffb042",
+    "codecs.json._dumps": "e4d58b9aa8933715",
+    "SerializedStore._decode_value": "5fe35164ec2e2032",
+    "SerializedStore._encode_value": "2c46367a493aa13c",
+    "SerializedStore._encode_key": "70702b179cc35028",
     "Monitor.on_message_in": "b2a9a9045b2f456c",
     "Monitor.on_stream_event_in": "df6d2e5f6397ce44",
     "Monitor.on_stream_event_out": "2d2277a6dbda754c",
@@ -327,6 +331,61 @@ def test_the_restore_s_fast_decoders_give_what_faust_s_give(tmp_path):
         assert outcome(fast_value, raw) == outcome(slow_value, raw), raw
     for raw in [b'"64.08"', b"5", b"not json", b'["a"]']:
         assert outcome(fast_key, raw) == outcome(slow_key, raw), raw
+
+
+def test_the_changelog_s_fast_encoders_write_faust_s_bytes(tmp_path):
+    """set_durably encodes our tables' changelog records without Faust's registry layers: the same bytes as
+    Faust's ``prepare_key``/``prepare_value`` for states (nested lists, non-ASCII, big ints, None), tombstones,
+    non-dict values and non-string keys."""
+    import datetime
+
+    import faust
+
+    faust_fixes.install()  # registers CHECKED_JSON
+    app = faust.App("fast-encoders", store="memory://", datadir=str(tmp_path))
+    table = app.Table("participants", default=None, key_type=str)
+    faust_fixes.dead_letter_undecodable(table, lambda message, reason: None)
+    fast_key, fast_value = faust_fixes._changelog_encoders(table)
+    topic = table.changelog_topic
+    values = [{"pt": 24312, "seen": [-(2 ** 63), 2 ** 63 - 1], "reg": True, "x": None, "dm": ["6408", "F"]},
+              {"name": "Samé", "nested": {"a": [1.5, {"b": []}]}, 1: "int key"}, {}, None, [1, 2], "text", 7,
+              {"when": datetime.datetime(2025, 3, 1, tzinfo=datetime.timezone.utc)}]
+    for value in values:
+        assert fast_value(value) == topic.prepare_value(value, table.value_serializer)[0], value
+    for key in ["64.08", "ab" * 16, "Samé", 5, None]:
+        assert fast_key(key) == topic.prepare_key(key, table.key_serializer)[0], key
+
+
+def test_a_rocksdb_store_of_our_tables_reads_and_writes_faust_s_bytes_and_values(tmp_path):
+    """A RocksDB store of our tables encodes keys and states, and decodes states, by the fast paths: the same
+    bytes and values as Faust's own (the originals), for states, non-dicts, model markers and non-JSON."""
+    import faust
+    import orjson
+
+    faust_fixes.install()
+    app = faust.App("fast-store", store="rocksdb://", datadir=str(tmp_path))
+    table = app.Table("participants", default=None, key_type=str)
+    faust_fixes.dead_letter_undecodable(table, lambda message, reason: None)
+    store = table.data
+    assert faust_fixes._ours(store)
+    originals = {name.split(".")[1]: faust_fixes.ORIGINALS[name] for name in
+                 ("SerializedStore._decode_value", "SerializedStore._encode_value", "SerializedStore._encode_key")}
+    states = [{"pt": 24312, "seen": [-(2 ** 63)], "x": None, "dm": ["6408", "F"]}, {"name": "Samé", 1: "a"}, {},
+              [1, 2], "text", 7, None]
+    for value in states:
+        assert store._encode_value(value) == originals["_encode_value"](store, value), value
+    for key in ["64.08", "Samé", 5]:
+        assert store._encode_key(key) == originals["_encode_key"](store, key), key
+
+    def outcome(decode, raw):
+        try:
+            return "value", decode(store, raw)
+        except Exception as exc:
+            return "raises", type(exc)
+    for raw in [orjson.dumps(states[0]), b"[1, 2]", b"7", b"{not json", b'{"a": "\\u00e9"}',
+                b'{"__faust": {"ns": "x"}, "a": 1}', None]:
+        assert outcome(type(store)._decode_value, raw) == outcome(originals["_decode_value"], raw), raw
+    assert type(store)._decode_value is faust_fixes._store_decode_value  # what the store's reads go through
 
 
 def test_the_app_s_monitor_keeps_no_per_record_bookkeeping(tmp_path):
