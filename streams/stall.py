@@ -335,7 +335,11 @@ def advance(stats: dict, region: Region, low_watermark_ms: int, rules: StallRule
     """Evaluate every day whose start the low watermark has passed; returns alert transition records."""
     target = day_of(low_watermark_ms)
     if stats["evaluated"] is None:
-        stats["evaluated"] = stats["first_day"] = target - 1
+        # evaluation starts the day after the region's first day of data (none: the clock's day): where the first
+        # tick lands must not decide it — one tick per batch, and a backlog's first batch spans weeks, whose days
+        # would otherwise never be evaluated. Nothing is trimmed before the first evaluation.
+        seen = [int(day) + 1 for day in (*stats["days"], *stats["recent"])]
+        stats["evaluated"] = stats["first_day"] = min([target, *seen]) - 1
     start = max(stats["evaluated"] + 1, target - MAX_CATCH_UP_DAYS + 1)
     out, as_of = [], None
     for day in range(start, target + 1):
