@@ -3,9 +3,9 @@
 Records arrive in batches: each Faust event is one input partition's fetched records, up to ``BATCH_SIZE``
 (streams/faust_fixes.py ``deliver_in_batches``), and the stage takes up to ``EVENTS_AT_ONCE`` of them together. The
 participant events of a batch go out as one message per participant-events partition (a JSON list, in input
-order), and each input partition's watermark is written, and passed on as a tick, at most once per batch. Per-record costs in Faust, not decoding,
-dominated: one Faust event per record cost the worker ~2.3x the CPU (100k backlog: 53 s → 24 s of worker CPU,
-1,757 → 3,137 events/s).
+order), and each input partition's watermark is written, and passed on as a tick, at most once per batch.
+Per-record costs in Faust, not decoding, dominated: one Faust event per record cost the worker ~2.3x the CPU (100k
+backlog: 53 s → 24 s of worker CPU, 1,757 → 3,137 events/s).
 
 Late data is data: a valid record far behind its partition's clock (streams/clock.py) is flagged ``late`` and
 counted, and goes on like any other. Only invalid records are dead-lettered."""
