@@ -163,9 +163,7 @@ def _new_offset_without_passing_a_hole(self: Consumer, tp) -> int | None:
     if gaps:
         top, index = max(acked), self._acked_index[tp]
         for interval in sorted(gaps.overlap(0, top), key=lambda i: i.begin):
-            new = [o for o in range(interval.begin, interval.end) if o not in index]  # once (_expand_batches)
-            acked.extend(new)
-            index.update(new)
+            _acknowledge_once(acked, index, range(interval.begin, interval.end))
         gaps.chop(0, max(max(acked), top + 1))
     acked.sort()
     committed = self._committed_offset.get(tp)
@@ -342,6 +340,14 @@ async def _resume_streams_without_dropping(self: Recovery, generation_id: int = 
     await _resume_streams(self, generation_id)
 
 
+def _acknowledge_once(acked: list, index: set, offsets) -> None:
+    """``offsets`` into Faust's acknowledged offsets of a partition, as its ``Consumer.ack`` does: into the list
+    and its index, each offset at most once (a repeated offset ends the run a commit takes, see below)."""
+    new = [o for o in offsets if o not in index]
+    acked.extend(new)
+    index.update(new)
+
+
 def _expand_batches(self: Consumer, tp, acked: list) -> None:
     """A batch's message acknowledged (its last offset in ``acked``) acknowledges every offset of the batch, once:
     each goes in Faust's index too. Without that, a batch read again after a seek (around a rebalance, both reads
@@ -353,10 +359,7 @@ def _expand_batches(self: Consumer, tp, acked: list) -> None:
         return
     index = self._acked_index[tp]
     for last in [last for last in firsts if last in index]:
-        first = firsts.pop(last)
-        new = [o for o in range(first, last) if o not in index]
-        acked.extend(new)
-        index.update(new)
+        _acknowledge_once(acked, index, range(firsts.pop(last), last))
     committed = self._committed_offset.get(tp)
     if committed is not None and len(firsts) > 64:  # batches never acknowledged (revoked, re-read): forget them
         for last in [last for last in firsts if last < committed]:

@@ -44,14 +44,12 @@ def await_chain(coro) -> tuple[list, object]:
     frames, obj, seen = [], coro, set()
     while obj is not None and id(obj) not in seen and len(frames) < MAX_DEPTH:
         seen.add(id(obj))
-        frame = _frame_of(obj)
-        if frame is None and not (inspect.iscoroutine(obj) or inspect.isasyncgen(obj) or inspect.isgenerator(obj)
-                                  or type(obj).__name__.startswith("async_generator_")
-                                  or type(obj).__name__ == "coroutine_wrapper"):
-            return frames, obj  # a Future or anything else awaitable: the leaf
+        frame, inner = _frame_of(obj), _awaited_by(obj)
         if frame is not None:
             frames.append(frame)
-        obj = _awaited_by(obj)
+        elif inner is None:
+            return frames, obj  # no frame and nothing further (a Future, or a finished coroutine): the leaf
+        obj = inner
     return frames, obj
 
 
@@ -66,7 +64,7 @@ def format_tasks(loop: asyncio.AbstractEventLoop | None = None) -> str:
                                                  lookup_lines=True)
         lines.extend(line.rstrip("\n") for line in summary.format())
         waiter = getattr(task, "_fut_waiter", None)  # the future itself (the chain ends in its iterator)
-        if waiter is not None or leaf is not None:
+        if not task.done() and (waiter is not None or leaf is not None):
             lines.append(f"    waiting on {waiter if waiter is not None else leaf!r}"[:500])
     return "\n".join(lines) + "\n"
 

@@ -35,6 +35,12 @@ class Books:
         for start, end in gaps:
             self._gap[TP].addi(start, end)
 
+    def ack(self, offset: int) -> None:
+        """As Faust's ``Consumer.ack``: an offset already in the index is not added again."""
+        if offset not in self._acked_index[TP]:
+            self._acked[TP].append(offset)
+            self._acked_index[TP].add(offset)
+
 
 @pytest.mark.parametrize("committed, acked, expected", [
     (None, [], None),
@@ -117,17 +123,13 @@ def test_a_batch_read_again_after_a_seek_counts_each_offset_once_and_the_commit_
     still acknowledged: their ranges overlap. Each offset counts once, and one commit takes the whole run (when an
     overlap put offsets in twice, each commit took two of them: a partition read to its end stayed ~1,500 records
     behind in the join-and-leave drill)."""
-    def ack(offset):  # as Faust's Consumer.ack: an offset in the index is not added again
-        if offset not in books._acked_index[TP]:
-            books._acked[TP].append(offset)
-            books._acked_index[TP].add(offset)
     books = Books(100, [])
     books.batch_first = {TP: {149: 110, 199: 150}}  # first read: 110-149 and 150-199; 100-109 not acknowledged
-    ack(149)
-    ack(199)
+    books.ack(149)
+    books.ack(199)
     assert new_offset(books, TP) is None  # 100 not processed yet
     books.batch_first[TP][179] = 100  # read again from the committed offset: 100-179, overlapping both
-    ack(179)
+    books.ack(179)
     assert new_offset(books, TP) == 200
     assert books._acked[TP] == [] and books._acked_index[TP] == set()
 
@@ -138,18 +140,15 @@ def test_a_gap_and_a_batch_over_the_same_offsets_count_each_offset_once():
     books = Books(100, [])
     books._gap[TP].addi(100, 130)  # 100-129 registered as a gap
     books.batch_first = {TP: {139: 120}}  # a batch of 120-139, acknowledged
-    books._acked[TP].append(139)
-    books._acked_index[TP].add(139)
+    books.ack(139)
     assert new_offset(books, TP) == 140
     books._committed_offset[TP] = 140
     books._gap[TP].addi(140, 160)  # the other order: the gap first, then a batch over it
-    books._acked[TP].append(145)
-    books._acked_index[TP].add(145)
+    books.ack(145)
     assert new_offset(books, TP) == 160  # the gap's offsets (145 acknowledged too), up to 159
     books._committed_offset[TP] = 160
     books.batch_first[TP][169] = 150  # a batch read again over offsets already committed
-    books._acked[TP].append(169)
-    books._acked_index[TP].add(169)
+    books.ack(169)
     assert new_offset(books, TP) == 170
     assert books._acked[TP] == [] and books._acked_index[TP] == set()
 
