@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from streams import clock as clocks, faust_fixes, rules
+from streams import clock as clocks, faust_fixes, rules, state
 from streams.metrics import EVENTS
 from streams.reference import regions as reference_regions
 from streams.topics import acknowledged, send_batch
@@ -35,13 +35,14 @@ class Folded:
     """What one participant-events message does: the participants' new states (to write), the region deltas
     (to send first), outcome counts, and the partition's clock if a tick moved it."""
 
-    states: dict[str, dict] = field(default_factory=dict)
+    states: dict[str, state.Participant] = field(default_factory=dict)
     deltas: dict[str, list] = field(default_factory=lambda: collections.defaultdict(list))
     outcomes: collections.Counter = field(default_factory=collections.Counter)
     clock: clocks.SourceClock | None = None
 
 
-def fold_message(values: list[dict], partition: int, offset: int, state_of: Callable[[str], dict | None],
+def fold_message(values: list[dict], partition: int, offset: int,
+                 state_of: Callable[[str], state.Participant | None],
                  stored_clock: dict | None, codes: Iterable[str], input_partitions: list[str], now: float,
                  started: float, idle_seconds: float) -> Folded:
     """Pure: fold one message's events (and ticks) over the participants' states (``state_of``: the durable
@@ -63,8 +64,8 @@ def fold_message(values: list[dict], partition: int, offset: int, state_of: Call
                     out.deltas[code].append({"k": "tick", "at": forward, "src": [partition, offset, -1]})
             continue
         key = value["key"]
-        state = out.states[key] if key in out.states else state_of(key)
-        state, new, duplicate = rules.apply_event(state, value["kind"], value)
+        current = out.states[key] if key in out.states else state_of(key)
+        current, new, duplicate = rules.apply_event(current, value["kind"], value)
         out.outcomes[value["topic"], "duplicate" if duplicate else "processed"] += 1
         if duplicate:
             continue
@@ -72,7 +73,7 @@ def fold_message(values: list[dict], partition: int, offset: int, state_of: Call
             delta["src"] = [partition, offset, index]
             index += 1
             out.deltas[delta["region"]].append(delta)
-        out.states[key] = state
+        out.states[key] = current
     return out
 
 
@@ -88,13 +89,19 @@ def register(topo) -> None:
                 key=None, value=faust_fixes.json_value({"events": [{"kind": "Tick", "src": None, "at": 0}]}),
                 partition=partition)
 
-    async def write(states: dict[int, tuple[dict, object]], clocks_of: dict[int, clocks.SourceClock]) -> None:
-        """The participants' states of every partition, acknowledged by the broker, one produce request per
-        changelog batch and one wait for them all (faust_fixes.set_durably); then each partition's clock."""
-        await faust_fixes.set_durably(topo.participants, list(states.values()))
+    async def write(states: dict[int, tuple[dict[str, state.Participant], object]],
+                    clocks_of: dict[int, clocks.SourceClock]) -> None:
+        """The participants' states of every partition (their stored form), acknowledged by the broker, one
+        produce request per changelog batch and one wait for them all (faust_fixes.set_durably); then each
+        partition's clock."""
+        await faust_fixes.set_durably(topo.participants, [({key: state.stored(p) for key, p in items.items()}, event)
+                                                          for items, event in states.values()])
         for partition, source_clock in clocks_of.items():
             with faust_fixes.routed_by(states[partition][1]):
                 topo.clocks[str(partition)] = source_clock.stored()
+
+    def durable(key: str) -> state.Participant | None:
+        return state.participant_from_stored(topo.participants.get(key))
 
     in_order = faust_fixes.InOrder(topo.app, topo.participant_events.get_topic_name())
 
@@ -102,7 +109,7 @@ def register(topo) -> None:
     async def participants(stream):
         async for events in stream.take_events(settings.batch_messages, within=settings.batch_seconds):
             # each message folded in turn over the states the batch's earlier messages left; written together
-            states: dict[int, tuple[dict, object]] = {}  # partition -> (its new states, an event of it: routing)
+            states: dict[int, tuple[dict[str, state.Participant], object]] = {}  # partition -> (new states, an event)
             clocks_of: dict[int, clocks.SourceClock] = {}
             deltas: dict[str, list] = collections.defaultdict(list)
             outcomes: collections.Counter = collections.Counter()
@@ -114,7 +121,7 @@ def register(topo) -> None:
                 with faust_fixes.routed_by(event):
                     folded = fold_message(
                         event.value["events"], partition, offset,
-                        lambda key: items[key] if key in items else topo.participants.get(key),
+                        lambda key: items[key] if key in items else durable(key),
                         clocks_of[partition].stored() if partition in clocks_of else topo.clocks.get(str(partition)),
                         codes, topo.input_partitions, time.time(), STARTED, settings.clock_idle_seconds)
                 items.update(folded.states)

@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import msgspec
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from streams import rules
+from streams import rules, state as states
 from streams.clock import stream_clock
 from streams.config import Settings
 from streams.reference import regions as reference_regions
@@ -40,7 +41,7 @@ class RegionReadModel:
         self.ready = asyncio.Event()
 
     @property
-    def stats(self) -> dict[str, dict]:
+    def stats(self) -> dict[str, states.RegionState]:
         """Every region's newest state that decodes (each region's newest record; an undecodable one is skipped
         for the one before it)."""
         pending, self._pending = self._pending, {}
@@ -67,7 +68,7 @@ class RegionReadModel:
         ref = reference_regions()
         current = self.stats
         stats = {code: current.get(code) for code in ref}
-        clock = stream_clock(s["wm"] for s in stats.values() if s)
+        clock = stream_clock(s.wm for s in stats.values() if s)
         s, out = self.settings, []
         for code, region in ref.items():
             version = self._state_versions.get(code, 0)
@@ -128,11 +129,14 @@ class RegionReadModel:
         return [await consumer.position(tp) >= end for tp, end in ends.items()]
 
 
-def region_state(key: bytes | None, value: bytes | None) -> tuple[str, dict | None] | None:
-    """A regions-changelog record as (region code, its state; None: deleted), or None if it is not one."""
+def region_state(key: bytes | None, value: bytes | None) -> tuple[str, states.RegionState | None] | None:
+    """A regions-changelog record as (region code, its state; None: deleted), or None if it is not one (or of
+    a state format this worker does not know)."""
     try:
         code = orjson.loads(key) if key is not None else None
-        stats = None if value is None else orjson.loads(value)
-    except orjson.JSONDecodeError:
+        stored = None if value is None else orjson.loads(value)
+        if not isinstance(code, str) or not (stored is None or isinstance(stored, dict)):
+            return None
+        return code, None if stored is None else states.region_from_stored(stored)
+    except (orjson.JSONDecodeError, msgspec.ValidationError, states.StateVersionError):
         return None
-    return (code, stats) if isinstance(code, str) and (stats is None or isinstance(stats, dict)) else None

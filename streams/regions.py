@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from streams import alerts, clock, faust_fixes, rules, stall
+from streams import alerts, clock, faust_fixes, rules, stall, state
 from streams.metrics import CLAIMS_PAID
 from streams.reference import reference
 from streams.topics import acknowledged
@@ -21,7 +21,7 @@ class Applied:
     """What one region-deltas message does to its region: the new state (None: every delta was a replay, write
     nothing), the stall transitions to publish first, and the paid claims to count."""
 
-    stats: dict | None
+    stats: state.RegionState | None
     transitions: list[dict] = field(default_factory=list)
     paid: list[dict] = field(default_factory=list)
 
@@ -32,20 +32,20 @@ def apply_message(stored: dict | None, deltas: list[dict], region, settings, par
     applied already (participant stage re-run after a crash) is skipped. Not a tick: applying one again changes
     nothing (a maximum), and a re-run need not repeat it, since when a clock moves depends on wall time (idle
     sources): a tick first sent by a re-run of an old message must not be mistaken for a replay."""
-    stats = rules.copy_region(stored)
+    stats = state.region_from_stored(stored)
     out, changed = Applied(stats), False
     for delta in deltas:
         partition, offset, index = delta["src"]
         tick = delta["k"] == "tick"
-        if not tick and [offset, index] <= stats["applied"].get(str(partition), [-1, -1]):
+        if not tick and [offset, index] <= stats.applied.get(str(partition), [-1, -1]):
             continue
-        if tick and delta["at"] <= stats["wm"].get(str(partition), 0):
+        if tick and delta["at"] <= stats.wm.get(str(partition), 0):
             continue  # nothing new
         rules.apply_delta_in_place(stats, delta, region, settings.target_scale)
         changed = True
         if not tick:
-            stats["applied"][str(partition)] = [offset, index]
-        low = clock.region_low(stats["wm"], partitions) if tick else None
+            stats.applied[str(partition)] = [offset, index]
+        low = clock.region_low(stats.wm, partitions) if tick else None
         if low is not None:
             out.transitions += stall.advance(stats, region, low, settings.stall, settings.grace_months,
                                              settings.target_scale, end_day)
@@ -90,7 +90,7 @@ def register(topo) -> None:
                 await topo.faults.reached("regions:alerts-acked", topo.app.producer)
             for code, event, applied in changed:
                 with faust_fixes.routed_by(event):
-                    topo.regions[code] = applied.stats
+                    topo.regions[code] = state.stored(applied.stats)
                 await topo.faults.reached("regions:state-durable", topo.app.producer)
                 for delta in applied.paid:
                     CLAIMS_PAID.labels(code, delta["program"]).inc(delta["amount"])

@@ -1,16 +1,19 @@
 """Domain rules as plain functions: pseudonyms, periods, participant transitions, region aggregates, views.
 
-The agents call these; tests call them directly. State is plain JSON-able dicts (Faust changelogs).
+The agents call these; tests call them directly. State is typed (streams/state.py); the changelogs carry its
+versioned stored form.
 """
 from __future__ import annotations
 
 import hashlib
 import hmac
-import marshal
 from datetime import datetime, timezone
+
+import msgspec
 
 from streams import clock, demography, stall
 from streams.reference import Region
+from streams.state import Participant, RegionState, copy_region
 
 SEEN_LIMIT = 256  # event-id hashes kept per participant for dedup (~20 years of monthly payments)
 MONTHLY_FEE_IDR = 16_800  # a sponsored vulnerable worker: JKK Rp10,000 + JKM Rp6,800 a month (docs/domain.md)
@@ -52,76 +55,69 @@ def period_str(index: int) -> str:
 
 
 # -- participant state --------------------------------------------------------------------------------
-def new_participant() -> dict:
-    # reg: registered · r: region · c: cohort · f: funding source · s: segment · p: programmes ·
-    # pt: paid-through period index · seen: recent event-id hashes · x: why it left (absent: still a member) ·
-    # dm: [district, age band, sex] read from the NIK at ingest (streams/demography.py), nothing finer, and the
-    # occupation's code (streams/occupation.py).
-    # Active/lapsed follows from pt and the clock.
-    return {"reg": False, "r": None, "c": None, "f": None, "s": None, "p": [], "pt": None, "seen": []}
-
-
-def apply_event(state: dict | None, kind: str, event: dict) -> tuple[dict, list[dict], bool]:
+def apply_event(state: Participant | None, kind: str, event: dict) -> tuple[Participant, list[dict], bool]:
     """Apply one validated event to a participant. Returns (new state, region deltas, duplicate?).
 
     ``event``: the pseudonymous event (no NIK): event_id, occurred_at, region_code, and per kind:
     Registration cohort/funding_source/segment; Contribution period/amount_idr/funding_source;
     Claim program/status/amount_idr. Deltas are dicts for the region stage.
     """
-    state = dict(state) if state else new_participant()
+    state = msgspec.structs.replace(state) if state is not None else Participant()  # a copy: fields are replaced
     h = event_hash(event["event_id"])
-    if h in state["seen"]:
+    if h in state.seen:
         return state, [], True
-    state["seen"] = (state["seen"] + [h])[-SEEN_LIMIT:]
+    state.seen = (state.seen + [h])[-SEEN_LIMIT:]
     at, region = event["occurred_at"], event["region_code"]
     deltas: list[dict] = []
     if kind == "Registration":
-        if not state["reg"]:
+        if not state.reg:
             # paid-through starts the month before registration: the grace period runs from registration
             start = period_of_ms(at) - 1
             # contributions read before the registration (another topic: arrival order across topics is not
             # defined) count from when they happened: those paid before registering set where it starts, later
             # ones move it at their own time, as if they had arrived after it (the stall rules' as-of figures)
-            pre, paid_through = state.pop("pre", None) or [], state["pt"]
-            if state.get("x"):  # gone before registering: no member moves, only where its place was
+            pre, paid_through = state.pre or [], state.pt
+            state.pre = None
+            if state.x:  # gone before registering: no member moves, only where its place was
                 first, later = max(start, paid_through if paid_through is not None else start), []
             else:  # the last of ``later``: whatever the bounded list dropped
                 first = max([start, *(paid for paid, paid_at in pre if paid_at <= at)])
                 later = sorted((paid_at, paid) for paid, paid_at in pre if paid_at > at) + [(at, paid_through)]
-            state.update(reg=True, r=region, c=event["cohort"], f=event["funding_source"], s=event["segment"],
-                         p=list(event["programs"]), dm=list(event.get("demo") or NO_DEMOGRAPHY), pt=first)
-            deltas.append({"k": "reg", "region": region, "cohort": state["c"], "funding": state["f"],
-                           "pt": state["pt"], "dm": state["dm"], "at": at})
+            state.reg, state.r, state.c, state.f, state.s = (True, region, event["cohort"], event["funding_source"],
+                                                             event["segment"])
+            state.p, state.dm, state.pt = list(event["programs"]), list(event.get("demo") or NO_DEMOGRAPHY), first
+            deltas.append({"k": "reg", "region": region, "cohort": state.c, "funding": state.f,
+                           "pt": state.pt, "dm": state.dm, "at": at})
             for paid_at, paid in later:
-                if paid is not None and paid > state["pt"]:
-                    deltas.append({"k": "pt", "region": region, "cohort": state["c"], "funding": state["f"],
-                                   "from": state["pt"], "to": paid, "at": paid_at})
-                    state["pt"] = paid
-            if state.get("x"):  # the exit arrived first (late data is data): registered, and gone
+                if paid is not None and paid > state.pt:
+                    deltas.append({"k": "pt", "region": region, "cohort": state.c, "funding": state.f,
+                                   "from": state.pt, "to": paid, "at": paid_at})
+                    state.pt = paid
+            if state.x:  # the exit arrived first (late data is data): registered, and gone
                 deltas.append(_exit(state, at))
-        elif state["c"] == "VULNERABLE_WORKER" and event["segment"] == "PU":
+        elif state.c == "VULNERABLE_WORKER" and event["segment"] == "PU":
             # registered again as a wage earner (an employer pays now): the sponsored place ends
             deltas += _leave(state, "wage_employment", at)
         # any other second registration of a registered participant changes nothing (docs/domain.md)
     elif kind == "Contribution":
         paid = period_index(event["period"])
-        old = state["pt"]
-        if not state["reg"]:  # kept until the registration comes (bounded: a year of monthly payments)
-            state["pre"] = ((state.get("pre") or []) + [[paid, at]])[-PRE_REGISTRATION_LIMIT:]
+        old = state.pt
+        if not state.reg:  # kept until the registration comes (bounded: a year of monthly payments)
+            state.pre = ((state.pre or []) + [[paid, at]])[-PRE_REGISTRATION_LIMIT:]
         if old is None or paid > old:
-            state["pt"] = paid
-            if state["reg"] and not state.get("x"):  # after an exit, money is counted but moves no member
-                deltas.append({"k": "pt", "region": state["r"], "cohort": state["c"], "funding": state["f"],
+            state.pt = paid
+            if state.reg and not state.x:  # after an exit, money is counted but moves no member
+                deltas.append({"k": "pt", "region": state.r, "cohort": state.c, "funding": state.f,
                                "from": old, "to": paid, "at": at})
-        if state.get("x") and state.get("xa") is not None and at < state["xa"] and paid > state["xp"]:
+        if state.x and state.xa is not None and at < state.xa and paid > state.xp:
             # paid before leaving but read after the exit (another topic): the months move when they were paid,
             # and back at the exit, which took the member out of the bucket it had then — the stall rules'
             # as-of figures do not depend on which topic was read first (the final figures do not change)
-            was = state["xp"]
-            move = {"k": "pt", "region": state["r"], "cohort": state["c"], "funding": state["f"]}
-            deltas += [{**move, "from": was, "to": paid, "at": at}, {**move, "from": paid, "to": was, "at": state["xa"]}]
-            state["xp"] = paid
-        deltas.append({"k": "contrib", "region": state["r"] or region, "amount": event["amount_idr"],
+            was = state.xp
+            move = {"k": "pt", "region": state.r, "cohort": state.c, "funding": state.f}
+            deltas += [{**move, "from": was, "to": paid, "at": at}, {**move, "from": paid, "to": was, "at": state.xa}]
+            state.xp = paid
+        deltas.append({"k": "contrib", "region": state.r or region, "amount": event["amount_idr"],
                        "funding": event["funding_source"], "period": paid, "at": at})
     elif kind == "Claim":
         deltas.append({"k": "claim", "region": region, "program": event["program"], "status": event["status"],
@@ -136,40 +132,40 @@ def apply_event(state: dict | None, kind: str, event: dict) -> tuple[dict, list[
             deltas += _leave(state, "death", at)  # a paid death benefit ends participation, frees the slot
     if event.get("late"):  # counted once per event, on its first delta (a move has only an exit)
         if not deltas:  # an event that changes nothing (a second registration) still arrived late
-            deltas.append({"k": "late", "region": state["r"] or region, "at": at})
+            deltas.append({"k": "late", "region": state.r or region, "at": at})
         deltas[0]["late"] = 1
     return state, deltas, False
 
 
-def _leave(state: dict, reason: str, at: int) -> list[dict]:
+def _leave(state: Participant, reason: str, at: int) -> list[dict]:
     """The participant leaves for ``reason``; returns the region deltas. Already gone for a weaker reason (a move
     to wage employment, then the death benefit): only the count by reason moves. Not registered yet: the reason
     waits in the state for the registration (late data is data)."""
-    was = state.get("x")
+    was = state.x
     if was and EXIT_REASONS.index(was) <= EXIT_REASONS.index(reason):
         return []
-    state["x"] = reason
-    if not state["reg"]:
+    state.x = reason
+    if not state.reg:
         return []
     if was:
-        return [{"k": "exit", "region": state["r"], "cohort": state["c"], "reason": reason, "was": was, "at": at}]
+        return [{"k": "exit", "region": state.r, "cohort": state.c, "reason": reason, "was": was, "at": at}]
     return [_exit(state, at)]
 
 
-def _exit(state: dict, at: int) -> dict:
-    """The region delta of a participant leaving (``state["x"]``: why): out of the members (its paid-through
+def _exit(state: Participant, at: int) -> dict:
+    """The region delta of a participant leaving (``state.x``: why): out of the members (its paid-through
     bucket), out of its funder's slots and its breakdown cells, counted by reason. When (``xa``) and from which
     bucket as of then (``xp``) are kept for payments made before it and read after it."""
-    state["xa"], state["xp"] = at, state["pt"]
-    return {"k": "exit", "region": state["r"], "cohort": state["c"], "funding": state["f"], "pt": state["pt"],
-            "dm": state.get("dm") or NO_DEMOGRAPHY, "reason": state["x"], "at": at}
+    state.xa, state.xp = at, state.pt
+    return {"k": "exit", "region": state.r, "cohort": state.c, "funding": state.f, "pt": state.pt,
+            "dm": state.dm or NO_DEMOGRAPHY, "reason": state.x, "at": at}
 
 
-def _track_claim(state: dict, claim_id: str, status: str, at: int) -> int | None:
+def _track_claim(state: Participant, claim_id: str, status: str, at: int) -> int | None:
     """Pair a claim's SUBMITTED and PAID events (in either order: late data is data) in the participant's state;
     returns the turnaround in whole days once both are known. A rejected claim is forgotten."""
     key = str(event_hash(claim_id))
-    open_claims = dict(state.get("cl") or {})
+    open_claims = dict(state.cl or {})
     ends = list(open_claims.get(key) or [None, None])  # [submitted at, paid at]
     if status == "REJECTED":
         open_claims.pop(key, None)
@@ -183,7 +179,7 @@ def _track_claim(state: dict, claim_id: str, status: str, at: int) -> int | None
         del open_claims[key]
     while len(open_claims) > OPEN_CLAIMS_LIMIT:  # one that never completes must not grow the state for ever
         del open_claims[next(iter(open_claims))]
-    state["cl"] = open_claims
+    state.cl = open_claims
     return result
 
 
@@ -201,62 +197,43 @@ def percentile(histogram: dict[str, int], p: float) -> int | None:
 
 
 # -- region aggregates --------------------------------------------------------------------------------
-def new_region() -> dict:
-    return {"registered": {}, "hist": {}, "quota_used": {}, "claims": {},
-            "contrib": [0, 0], "clock": 0, "last_registration": 0, "applied": {},
-            # stall detection (streams/stall.py): low watermark per source partition, evaluation state
-            "wm": {}, "evaluated": None, "first_day": None, "days": {}, "recent": {}, "protected_series": [],
-            "alerts": {}, "forecast_fill_day": None,
-            # late data (docs/domain.md): events read late at ingest; events of days already evaluated
-            "late": 0, "corrections": 0,
-            # members (registered, not exited) per cohort by district / age band / sex (streams/demography.py)
-            "people": {}}
-
-
 def _inc(d: dict, key: str, by: int = 1) -> None:
     d[key] = d.get(key, 0) + by
     if d[key] == 0:
         del d[key]
 
 
-def copy_region(stats: dict | None) -> dict:
-    """A deep copy of a region's state that ``apply_delta_in_place`` may change. The state is plain JSON data
-    (dicts, lists, str, int, float, None), which ``marshal`` copies in C: ~4x faster than a recursive copy, and
-    this copy was the region stage's largest cost (benchmarks/)."""
-    return marshal.loads(marshal.dumps(stats)) if stats else new_region()
-
-
-def apply_delta(stats: dict | None, delta: dict, region: Region, target_scale: float) -> dict:
+def apply_delta(stats: RegionState | None, delta: dict, region: Region, target_scale: float) -> RegionState:
     """Fold one participant delta into (a copy of) a region's aggregate."""
     stats = copy_region(stats)
     apply_delta_in_place(stats, delta, region, target_scale)
     return stats
 
 
-def apply_delta_in_place(stats: dict, delta: dict, region: Region, target_scale: float) -> None:
+def apply_delta_in_place(stats: RegionState, delta: dict, region: Region, target_scale: float) -> None:
     kind = delta["k"]
     if kind == "tick":  # the pipeline's low watermark from one source partition (streams/participants.py)
         source = str(delta["src"][0])
-        stats["wm"][source] = max(stats["wm"].get(source, 0), delta["at"])
+        stats.wm[source] = max(stats.wm.get(source, 0), delta["at"])
         return
-    stats["clock"] = max(stats["clock"], delta["at"])
+    stats.clock = max(stats.clock, delta["at"])
     if delta.get("late"):
-        stats["late"] = stats.get("late", 0) + 1
+        stats.late = stats.late + 1
     if kind in COUNTED:
-        if clock.is_correction(delta["at"], stats["evaluated"]):
-            stats["corrections"] = stats.get("corrections", 0) + 1
+        if clock.is_correction(delta["at"], stats.evaluated):
+            stats.corrections = stats.corrections + 1
     stall.record(stats, delta)
     if kind == "reg":
         cohort, funding = delta["cohort"], delta["funding"]
-        _inc(stats["registered"], cohort)
-        _inc(stats["hist"].setdefault(cohort, {}), str(delta["pt"]))
+        _inc(stats.registered, cohort)
+        _inc(stats.hist.setdefault(cohort, {}), str(delta["pt"]))
         _inc(_funder_hist(stats, delta), str(delta["pt"]))
-        stats["last_registration"] = max(stats["last_registration"], delta["at"])
+        stats.last_registration = max(stats.last_registration, delta["at"])
         _count_people(stats, cohort, delta.get("dm"), 1)
         if cohort == "VULNERABLE_WORKER":
-            _inc(stats["quota_used"], funding)  # over the quota: counted all the same, shown as over_quota
+            _inc(stats.quota_used, funding)  # over the quota: counted all the same, shown as over_quota
     elif kind == "pt":
-        hist = stats["hist"].setdefault(delta["cohort"], {})
+        hist = stats.hist.setdefault(delta["cohort"], {})
         if delta["from"] is not None:
             _inc(hist, str(delta["from"]), -1)
         _inc(hist, str(delta["to"]))
@@ -266,39 +243,39 @@ def apply_delta_in_place(stats: dict, delta: dict, region: Region, target_scale:
                 _inc(fhist, str(delta["from"]), -1)
             _inc(fhist, str(delta["to"]))
     elif kind == "contrib":
-        stats["contrib"] = [stats["contrib"][0] + 1, stats["contrib"][1] + delta["amount"]]
+        stats.contrib = [stats.contrib[0] + 1, stats.contrib[1] + delta["amount"]]
         if "funding" in delta:  # rupiah per funder and fiscal year (the calendar year of the period paid for)
-            _inc(stats.setdefault("paid", {}), f"{delta['period'] // 12}|{delta['funding']}", delta["amount"])
+            _inc(stats.paid, f"{delta['period'] // 12}|{delta['funding']}", delta["amount"])
     elif kind == "claim":
-        per_program = stats["claims"].setdefault(delta["program"], {})
+        per_program = stats.claims.setdefault(delta["program"], {})
         count, amount = per_program.get(delta["status"], [0, 0])
         per_program[delta["status"]] = [count + 1, amount + delta["amount"]]
     elif kind == "turnaround":  # SUBMITTED -> PAID, whole days, per programme
-        _inc(stats.setdefault("turnaround", {}).setdefault(delta["program"], {}), str(delta["days"]))
+        _inc(stats.turnaround.setdefault(delta["program"], {}), str(delta["days"]))
     elif kind == "exit":  # out of the members and the funder's slots; counted by reason
         cohort = delta["cohort"]
-        exited = stats.setdefault("exited", {}).setdefault(cohort, {})
+        exited = stats.exited.setdefault(cohort, {})
         _inc(exited, delta["reason"])
         if "was" in delta:  # gone already: a stronger reason replaces the weaker one
             _inc(exited, delta["was"], -1)
             return
-        _inc(stats["hist"].setdefault(cohort, {}), str(delta["pt"]), -1)
+        _inc(stats.hist.setdefault(cohort, {}), str(delta["pt"]), -1)
         _inc(_funder_hist(stats, delta), str(delta["pt"]), -1)
         _count_people(stats, cohort, delta.get("dm"), -1)
         if cohort == "VULNERABLE_WORKER":
-            _inc(stats["quota_used"], delta["funding"], -1)
+            _inc(stats.quota_used, delta["funding"], -1)
 
 
 BREAKDOWNS = ("district", "age_band", "sex", "occupation")
 
 
-def _funder_hist(stats: dict, delta: dict) -> dict:
+def _funder_hist(stats: RegionState, delta: dict) -> dict:
     """The paid-through histogram of the delta's cohort and funder ("VULNERABLE_WORKER|APBD_PROVINCE")."""
-    return stats.setdefault("fhist", {}).setdefault(f"{delta['cohort']}|{delta['funding']}", {})
+    return stats.fhist.setdefault(f"{delta['cohort']}|{delta['funding']}", {})
 
 
-def _count_people(stats: dict, cohort: str, dm: list | None, by: int) -> None:
-    cells = stats.setdefault("people", {}).setdefault(cohort, {})
+def _count_people(stats: RegionState, cohort: str, dm: list | None, by: int) -> None:
+    cells = stats.people.setdefault(cohort, {})
     for dimension, value in zip(BREAKDOWNS, dm or NO_DEMOGRAPHY):
         _inc(cells.setdefault(dimension, {}), value, by)
 
@@ -327,19 +304,19 @@ def protection(hist: dict, clock_period: int, grace_months: int) -> dict:
     return {"protected": protected, "in_arrears": arrears, "ended": ended}
 
 
-def region_view(region: Region, stats: dict | None, clock_ms: int, grace_months: int, target_scale: float) -> dict:
+def region_view(region: Region, stats: RegionState | None, clock_ms: int, grace_months: int, target_scale: float) -> dict:
     """What /regions shows for one region at the stream clock ``clock_ms``."""
-    stats = stats or new_region()
+    stats = stats or RegionState()
     clock_period = period_of_ms(clock_ms) if clock_ms else 0
     in_force = region.quota_at(clock_period) if clock_ms else dict(region.quota)  # effective-dated (APBD-P)
     targets = region.target_at(clock_period) if clock_ms else dict(region.target)  # dated too
     ended = not_renewed(region, in_force)
-    fhist = stats.get("fhist") or {}
+    fhist = stats.fhist
     cohorts = {}
     for cohort in ("VULNERABLE_WORKER", "NON_CIVIL_SERVANT", "GENERAL"):
-        registered = stats["registered"].get(cohort, 0)
-        hist = stats["hist"].get(cohort, {})
-        exited = dict(stats.get("exited", {}).get(cohort, {}))
+        registered = stats.registered.get(cohort, 0)
+        hist = stats.hist.get(cohort, {})
+        exited = dict(stats.exited.get(cohort, {}))
         if cohort == "VULNERABLE_WORKER":  # the members of a budget not renewed have left the programme
             hist, exited["budget_ended"] = without_ended(hist, fhist, ended)
             exited = {reason: n for reason, n in sorted(exited.items()) if n}
@@ -358,10 +335,10 @@ def region_view(region: Region, stats: dict | None, clock_ms: int, grace_months:
     active = sum(cohorts[c]["active"] for c in PROGRAMME_COHORTS)
     target = sum(cohorts[c]["target"] for c in PROGRAMME_COHORTS)
     quota, fiscal_year = {}, clock_period // 12 if clock_ms else None
-    for funding in sorted(set(in_force) | set(stats["quota_used"])):
+    for funding in sorted(set(in_force) | set(stats.quota_used)):
         total = round(in_force.get(funding, 0) * target_scale)
-        used = 0 if funding in ended else stats["quota_used"].get(funding, 0)
-        paid = (stats.get("paid") or {}).get(f"{fiscal_year}|{funding}", 0)
+        used = 0 if funding in ended else stats.quota_used.get(funding, 0)
+        paid = stats.paid.get(f"{fiscal_year}|{funding}", 0)
         budget = total * MONTHLY_FEE_IDR * 12  # the slots for a year: how PPU's budget line is computed
         funded = cohorts["VULNERABLE_WORKER"]["funders"].get(funding)
         quota[funding] = {"total": total, "used": used, "remaining": max(total - used, 0),
@@ -370,34 +347,34 @@ def region_view(region: Region, stats: dict | None, clock_ms: int, grace_months:
                           "fiscal_year": fiscal_year, "paid_idr": paid, "budget_idr": budget,
                           "absorption": round(paid / budget, 4) if budget else None}
     claims = {program: {status: {"count": c, "amount_idr": a} for status, (c, a) in sorted(per.items())}
-              for program, per in sorted(stats["claims"].items())}
+              for program, per in sorted(stats.claims.items())}
     turnaround = {program: {"paid": sum(days.values()), "p50_days": percentile(days, 50),
                             "p90_days": percentile(days, 90)}
-                  for program, days in sorted(stats.get("turnaround", {}).items())}
+                  for program, days in sorted(stats.turnaround.items())}
     return {
         "code": region.code, "name": region.name, "kind": region.kind,
-        "registered": sum(stats["registered"].values()),
+        "registered": sum(stats.registered.values()),
         "active": sum(cohorts[c]["active"] for c in cohorts),
         "lapsed": sum(cohorts[c]["lapsed"] for c in cohorts),
         "target": target, "coverage_ratio": round(active / target, 4) if target else None,
         "cohorts": cohorts, "quota": quota, "claims": claims, "claims_turnaround": turnaround,
-        "contributions": {"count": stats["contrib"][0], "amount_idr": stats["contrib"][1]},
+        "contributions": {"count": stats.contrib[0], "amount_idr": stats.contrib[1]},
         "clock": period_str(clock_period) if clock_ms else None, "clock_ms": clock_ms or None,
         "alerts": [{"kind": stall.split_key(key)[0], "funder": stall.split_key(key)[1],
                     "severity": stall.SEVERITY[stall.split_key(key)[0]], "since": stall.iso_day(a["started"]),
                     "alert_id": stall.alert_id(region.code, key, a["started"])}
-                   for key, a in sorted(stats["alerts"].items()) if a["status"] == "firing"],
-        "stalled": any(a["status"] == "firing" for a in stats["alerts"].values()),
-        "forecast_fill_date": stall.iso_day(stats["forecast_fill_day"]) if stats["forecast_fill_day"] else None,
-        "evaluated_through": stall.iso_day(stats["evaluated"]) if stats["evaluated"] is not None else None,
-        "evaluating_since": stall.iso_day(stats["first_day"] + 1) if stats["first_day"] is not None else None,
-        "last_event_at": stats["clock"] or None, "last_registration_at": stats["last_registration"] or None,
-        "late": {"events": stats.get("late", 0), "corrections": stats.get("corrections", 0)},
+                   for key, a in sorted(stats.alerts.items()) if a["status"] == "firing"],
+        "stalled": any(a["status"] == "firing" for a in stats.alerts.values()),
+        "forecast_fill_date": stall.iso_day(stats.forecast_fill_day) if stats.forecast_fill_day else None,
+        "evaluated_through": stall.iso_day(stats.evaluated) if stats.evaluated is not None else None,
+        "evaluating_since": stall.iso_day(stats.first_day + 1) if stats.first_day is not None else None,
+        "last_event_at": stats.clock or None, "last_registration_at": stats.last_registration or None,
+        "late": {"events": stats.late, "corrections": stats.corrections},
         "breakdown": breakdown(stats),
         "alert_history": [{"kind": stall.split_key(key)[0], "funder": stall.split_key(key)[1],
                            "severity": stall.SEVERITY[stall.split_key(key)[0]], "status": status,
                            "since": stall.iso_day(started), "on": stall.iso_day(day)}
-                          for key, status, started, day in reversed(stats.get("alert_log") or [])],
+                          for key, status, started, day in reversed(stats.alert_log)],
     }
 
 
@@ -418,23 +395,23 @@ def without_ended(hist: dict, fhist: dict, ended: set[str]) -> tuple[dict, int]:
     return hist, gone
 
 
-def history_view(region: Region, stats: dict | None, target_scale: float) -> list[dict]:
+def history_view(region: Region, stats: RegionState | None, target_scale: float) -> list[dict]:
     """Programme members and coverage at the start of each evaluated day (the page's chart), oldest first; each
     day's coverage against the targets in force that day."""
     def target(day: int) -> int:
         in_force = region.target_at(period_of_ms(day * DAY_MS))
         return sum(round(in_force.get(c, 0) * target_scale) for c in PROGRAMME_COHORTS)
     points = []
-    for day, active in (stats or {}).get("history") or []:
+    for day, active in stats.history if stats is not None else []:
         denominator = target(day)
         points.append({"day": stall.iso_day(day), "day_ms": day * DAY_MS, "active": active,
                        "coverage_ratio": round(active / denominator, 4) if denominator else None})
     return points
 
 
-def breakdown(stats: dict) -> dict:
+def breakdown(stats: RegionState) -> dict:
     """Members per cohort by district, age band, sex and occupation code, with cells under
     ``demography.MIN_CELL`` people shown as None (streams/demography.py ``suppressed``)."""
-    people = stats.get("people", {})
+    people = stats.people
     return {cohort: {dimension: demography.suppressed(people.get(cohort, {}).get(dimension, {}))
                      for dimension in BREAKDOWNS} for cohort in COHORTS}

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict
 
 from streams.clock import DAY_MS, day_of
 from streams.reference import Region
+from streams.state import RegionState
 
 MAX_CATCH_UP_DAYS = 400  # a clock jump longer than this evaluates only its last days
 HISTORY_DAYS = 366  # members per evaluated day kept for the page's chart
@@ -91,15 +92,15 @@ def alert_id(region_code: str, key: str, started_day: int) -> str:
 
 
 # -- recording what evaluations need -----------------------------------------------------------------------------
-def record(stats: dict, delta: dict) -> None:
+def record(stats: RegionState, delta: dict) -> None:
     """Called by rules.apply_delta for every delta: daily counts, and the deltas after the evaluation frontier."""
     kind, at = delta["k"], delta["at"]
     day = str(day_of(at))
     if kind == "reg" and delta["cohort"] == "VULNERABLE_WORKER":
-        stats["days"].setdefault(day, [0, 0])[0] += 1
+        stats.days.setdefault(day, [0, 0])[0] += 1
     elif kind == "contrib":
-        stats["days"].setdefault(day, [0, 0])[1] += 1
-    frontier = stats["evaluated"]  # None before the first evaluation: keep everything until it trims
+        stats.days.setdefault(day, [0, 0])[1] += 1
+    frontier = stats.evaluated  # None before the first evaluation: keep everything until it trims
     if kind in ("reg", "pt", "exit") and "was" not in delta and (frontier is None or day_of(at) > frontier):
         # counted per day, cohort and paid-through move ("old>new", old empty for a registration): what _as_of
         # needs, in room that grows with the days ahead of the frontier, not with the events. (A list of every
@@ -111,18 +112,18 @@ def record(stats: dict, delta: dict) -> None:
         # per cohort and funder ("VULNERABLE_WORKER|APBD_PROVINCE"): the per-funder rule needs them as of a day too
         group = f"{delta['cohort']}|{delta['funding']}" if delta.get("funding") else delta["cohort"]
         _add_moves(_ahead(stats), {group: {move: 1}})  # before ``recent`` changes: _ahead may sum it
-        moves = stats["recent"].setdefault(day, {}).setdefault(group, {})
+        moves = stats.recent.setdefault(day, {}).setdefault(group, {})
         moves[move] = moves.get(move, 0) + 1
 
 
-def _ahead(stats: dict) -> dict:
+def _ahead(stats: RegionState) -> dict:
     """Every move in ``recent`` summed per group and move (what ``_as_of`` undoes first), kept with the state:
     undoing each day's moves in turn cost each evaluated day as much as all the days the region's data is ahead
     of its low watermark (a backlog: weeks). States written before 2026-11-26 lack it: summed on first use."""
-    ahead = stats.get("ahead")
+    ahead = stats.ahead
     if ahead is None:
-        ahead = stats["ahead"] = {}
-        for groups in stats["recent"].values():
+        ahead = stats.ahead = {}
+        for groups in stats.recent.values():
             _add_moves(ahead, groups)
     return ahead
 
@@ -158,16 +159,16 @@ def _window(days: dict, day: int, length: int, column: int) -> int:
     return sum(days.get(str(d), (0, 0))[column] for d in range(day - length, day))
 
 
-def _as_of(stats: dict, day: int) -> tuple[dict, dict, dict]:
+def _as_of(stats: RegionState, day: int) -> tuple[dict, dict, dict]:
     """The paid-through histograms per cohort and per cohort and funder, and the registered count per cohort, as
     they were at 00:00 of ``day`` (undoing deltas that happened later but were already applied): every move ahead
     of the frontier undone at once (``_ahead``), then those of the days before ``day`` done again (none unless a
     catch-up evaluates several days, or before the first evaluation)."""
-    hist = {c: dict(h) for c, h in stats["hist"].items()}
-    fhist = {g: dict(h) for g, h in (stats.get("fhist") or {}).items()}
-    registered = dict(stats["registered"])
+    hist = {c: dict(h) for c, h in stats.hist.items()}
+    fhist = {g: dict(h) for g, h in stats.fhist.items()}
+    registered = dict(stats.registered)
     _undo(hist, fhist, registered, _ahead(stats), 1)
-    for earlier, groups in stats["recent"].items():
+    for earlier, groups in stats.recent.items():
         if int(earlier) < day:
             _undo(hist, fhist, registered, groups, -1)
     return hist, registered, fhist
@@ -247,7 +248,7 @@ def _step(alert: dict | None, cond: bool, clear: bool, day: int, for_days: int) 
     return alert, None
 
 
-def evaluate_day(stats: dict, region: Region, day: int, rules: StallRules, grace_months: int, scale: float,
+def evaluate_day(stats: RegionState, region: Region, day: int, rules: StallRules, grace_months: int, scale: float,
                  programme_end_day: int, as_of: tuple[dict, dict, dict] | None = None) -> list[tuple[str, str, dict]]:
     """Evaluate every rule for ``day``; update ``stats['alerts']``; return the transitions (kind, status, details).
     ``as_of``: ``_as_of(stats, day)`` when the caller has it (read, not changed)."""
@@ -262,15 +263,14 @@ def evaluate_day(stats: dict, region: Region, day: int, rules: StallRules, grace
     active = sum(active_count(hist.get(c, {}), period, grace_months) for c in PROGRAMME_COHORTS)
     members, paid = protected_for_period_due(hist, day, rules, grace_months)
     share = paid / members if members else 1.0
-    stats.pop("active_series", None)  # the members series of the rule before 2026-11-26
-    series = [p for p in stats.get("protected_series") or [] if p[0] > day - rules.coverage_window_days]
-    series = stats["protected_series"] = series + [[day, round(share, 4), members]]
+    series = [p for p in stats.protected_series if p[0] > day - rules.coverage_window_days]
+    series = stats.protected_series = series + [[day, round(share, 4), members]]
     # the coverage chart's history (one point per evaluated day, the last HISTORY_DAYS)
-    stats["history"] = (stats.get("history") or [])[-(HISTORY_DAYS - 1):] + [[day, active]]
-    known = day - stats["first_day"]  # days of history this region has been evaluated over
+    stats.history = stats.history[-(HISTORY_DAYS - 1):] + [[day, active]]
+    known = day - stats.first_day  # days of history this region has been evaluated over
     quota = sum(round(q * scale) for q in region.quota_at(period).values())  # in force that day
     remaining = max(quota - registered.get("VULNERABLE_WORKER", 0), 0)
-    days = stats["days"]
+    days = stats.days
 
     regs_recent = _window(days, day, rules.no_registration_days, 0)
     opened = tranche_open_since(region, day)
@@ -279,12 +279,12 @@ def evaluate_day(stats: dict, region: Region, day: int, rules: StallRules, grace
     days_left = programme_end_day - day
     needed = remaining / days_left if days_left > 0 else None
     if not remaining:
-        stats["forecast_fill_day"] = day  # full
+        stats.forecast_fill_day = day  # full
     else:
         ahead = round(remaining / pace) if pace else None
         # None: never at this pace (or not within FORECAST_HORIZON_DAYS: a date past year 9999 is not a date —
         # formatting one crashed the region stage on a 95,000-place quota filling at 0.03 a day)
-        stats["forecast_fill_day"] = day + ahead if ahead is not None and ahead <= FORECAST_HORIZON_DAYS else None
+        stats.forecast_fill_day = day + ahead if ahead is not None and ahead <= FORECAST_HORIZON_DAYS else None
     peak = max(p[1] for p in series)
     drop = peak - share
     checks = {
@@ -298,15 +298,15 @@ def evaluate_day(stats: dict, region: Region, day: int, rules: StallRules, grace
                               needed is None or remaining == 0 or pace >= needed * rules.pace_resolve_ratio,
                               {"pace_per_day": f"{pace:.2f}", "needed_per_day": f"{needed or 0:.2f}",
                                "quota_remaining": str(remaining),
-                               "forecast_fill_date": iso_day(stats["forecast_fill_day"])
-                               if stats["forecast_fill_day"] is not None else "never"}),
+                               "forecast_fill_date": iso_day(stats.forecast_fill_day)
+                               if stats.forecast_fill_day is not None else "never"}),
         "COVERAGE_FALLING": (members >= rules.coverage_min_participants and drop > rules.coverage_drop_fire,
                              members < rules.coverage_min_participants or drop < rules.coverage_drop_resolve,
                              {"members": str(members), "protected_share": f"{share:.1%}",
                               "window_peak": f"{peak:.1%}", "drop": f"{drop * 100:.1f} points"}),
     }
     by_funder = unpaid_by_funder(fhist, day, rules, grace_months)
-    for key, alert in stats["alerts"].items():
+    for key, alert in stats.alerts.items():
         kind, funder = split_key(key)
         if kind == "CONTRIBUTIONS_STOPPED" and funder is None:  # the region-wide rule of before 2026-11-26
             checks[key] = (False, True, {})  # resolves; the per-funder rule takes over
@@ -315,7 +315,7 @@ def evaluate_day(stats: dict, region: Region, day: int, rules: StallRules, grace
     for funder, (members, unpaid) in by_funder.items():
         share = unpaid / members if members else 0.0
         key = f"CONTRIBUTIONS_STOPPED:{funder}"
-        if members < rules.funder_min_members and key not in stats["alerts"]:
+        if members < rules.funder_min_members and key not in stats.alerts:
             continue  # too few to judge, and nothing to resolve
         checks[key] = (members >= rules.funder_min_members and share >= rules.unpaid_fire,
                        members < rules.funder_min_members or share < rules.unpaid_resolve,
@@ -323,24 +323,24 @@ def evaluate_day(stats: dict, region: Region, day: int, rules: StallRules, grace
                         "unpaid_share": f"{share:.0%}"})
     transitions = []
     for kind, (cond, clear, details) in checks.items():
-        alert, change = _step(stats["alerts"].get(kind), cond, clear, day, rules.for_days)
-        stats["alerts"][kind] = alert
+        alert, change = _step(stats.alerts.get(kind), cond, clear, day, rules.for_days)
+        stats.alerts[kind] = alert
         if change:
             transitions.append((kind, change, details))
     return transitions
 
 
-def advance(stats: dict, region: Region, low_watermark_ms: int, rules: StallRules, grace_months: int, scale: float,
+def advance(stats: RegionState, region: Region, low_watermark_ms: int, rules: StallRules, grace_months: int, scale: float,
             programme_end_day: int) -> list[dict]:
     """Evaluate every day whose start the low watermark has passed; returns alert transition records."""
     target = day_of(low_watermark_ms)
-    if stats["evaluated"] is None:
+    if stats.evaluated is None:
         # evaluation starts the day after the region's first day of data (none: the clock's day): where the first
         # tick lands must not decide it — one tick per batch, and a backlog's first batch spans weeks, whose days
         # would otherwise never be evaluated. Nothing is trimmed before the first evaluation.
-        seen = [int(day) + 1 for day in (*stats["days"], *stats["recent"])]
-        stats["evaluated"] = stats["first_day"] = min([target, *seen]) - 1
-    start = max(stats["evaluated"] + 1, target - MAX_CATCH_UP_DAYS + 1)
+        seen = [int(day) + 1 for day in (*stats.days, *stats.recent)]
+        stats.evaluated = stats.first_day = min([target, *seen]) - 1
+    start = max(stats.evaluated + 1, target - MAX_CATCH_UP_DAYS + 1)
     out, as_of = [], None
     for day in range(start, target + 1):
         # the figures as of each day in turn: those of the day before with that day's moves done again, instead of
@@ -350,28 +350,28 @@ def advance(stats: dict, region: Region, low_watermark_ms: int, rules: StallRule
             as_of = _as_of(stats, day)
         else:
             hist, registered, fhist = as_of
-            _undo(hist, fhist, registered, stats["recent"].get(str(day - 1), {}), -1)
+            _undo(hist, fhist, registered, stats.recent.get(str(day - 1), {}), -1)
         for kind, status, details in evaluate_day(stats, region, day, rules, grace_months, scale, programme_end_day,
                                                   as_of):
-            alert = stats["alerts"][kind]
+            alert = stats.alerts[kind]
             started = alert["started"] if status == "FIRING" else alert["last_started"]
-            stats["alert_log"] = (stats.get("alert_log") or [])[-(ALERT_LOG - 1):] + [[kind, status, started, day]]
+            stats.alert_log = stats.alert_log[-(ALERT_LOG - 1):] + [[kind, status, started, day]]
             base = split_key(kind)[0]
             out.append({"alert_id": alert_id(region.code, kind, started), "region_code": region.code, "kind": base,
                         "status": status, "severity": SEVERITY[base], "occurred_at": day * DAY_MS,
                         "started_at": started * DAY_MS, "resolved_at": day * DAY_MS if status == "RESOLVED" else None,
                         "summary": summary(region, kind, status, details), "details": details})
-    if target > stats["evaluated"]:
-        stats["evaluated"] = target
+    if target > stats.evaluated:
+        stats.evaluated = target
         ahead, kept = _ahead(stats), {}
-        for d, groups in stats["recent"].items():
+        for d, groups in stats.recent.items():
             if int(d) > target:
                 kept[d] = groups
             else:
                 _add_moves(ahead, groups, -1)  # evaluated: no longer ahead
-        stats["recent"] = kept
+        stats.recent = kept
         oldest = target - rules.history_days
-        stats["days"] = {d: v for d, v in stats["days"].items() if int(d) >= oldest}
+        stats.days = {d: v for d, v in stats.days.items() if int(d) >= oldest}
     return out
 
 

@@ -7,6 +7,7 @@ from collections import defaultdict
 from datetime import datetime, timezone
 
 from streams.occupation import normalise  # a code list: reference data, not a rule
+from streams.state import RegionState
 from streams.reference import regions
 
 
@@ -181,8 +182,8 @@ def expected_alerts(events, scale: float, first_days: dict[str, int], until_day:
     rules_ = rules_ or StallRules()
     people, stats, out = {}, {}, []
     for code, region in ref.regions.items():
-        stats[code] = rules.new_region()
-        stats[code]["evaluated"] = stats[code]["first_day"] = first_days[code] - 1
+        stats[code] = RegionState()
+        stats[code].evaluated = stats[code].first_day = first_days[code] - 1
 
     def tick(day: int) -> None:
         for code, region in ref.regions.items():

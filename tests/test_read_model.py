@@ -8,6 +8,7 @@ import orjson
 from streams import rules
 from streams.config import Settings
 from streams.read_model import RegionReadModel
+from streams.state import RegionState, stored
 from streams.reference import regions as reference_regions
 
 
@@ -19,10 +20,11 @@ def fetched(model: RegionReadModel, *records: tuple[str, object]) -> None:
 
 
 def state(registered: int, wm: int = 0) -> dict:
-    stats = rules.new_region()
-    stats["registered"] = {"VULNERABLE_WORKER": registered}
-    stats["wm"] = {"0": wm} if wm else {}
-    return stats
+    """A region's state as its changelog carries it."""
+    stats = RegionState()
+    stats.registered = {"VULNERABLE_WORKER": registered}
+    stats.wm = {"0": wm} if wm else {}
+    return stored(stats)
 
 
 def test_newest_decodable_state_wins_and_views_follow_only_what_changed(tmp_path):

@@ -76,7 +76,7 @@ def test_contribution_before_registration_is_applied_when_it_arrives():
     stats = fold(early)
     assert view(stats, ms(2025, 7))["active"] == 1  # paid through April counts, though it arrived first
     assert view(stats, ms(2025, 8))["active"] == 0  # (and ends after May, June, July and August unpaid)
-    assert stats["contrib"] == [1, 16_800]
+    assert stats.contrib == [1, 16_800]
 
 
 def test_duplicate_event_changes_nothing():
@@ -88,7 +88,7 @@ def test_duplicate_event_changes_nothing():
 
 def test_second_registration_with_new_event_id_is_not_counted_twice():
     stats = fold([("Registration", reg(ms(2025, 1))), ("Registration", reg(ms(2025, 2)))])
-    assert stats["registered"] == {"VULNERABLE_WORKER": 1}
+    assert stats.registered == {"VULNERABLE_WORKER": 1}
 
 
 def test_quota_overflow_is_flagged_not_dropped():
@@ -142,7 +142,7 @@ def test_claim_turnaround_pairs_submitted_and_paid_in_either_order_and_forgets_r
               ("Claim", claim("SUBMITTED", t0, "A", who="p2")), ("Claim", claim("PAID", t0 + 20 * day, "A", who="p2")),
               ("Claim", claim("PAID", t0, None))]  # no claim id: counted as a claim, no turnaround
     stats = fold(events)
-    assert stats["turnaround"] == {"JKK": {"5": 1, "8": 1, "20": 1}}
+    assert stats.turnaround == {"JKK": {"5": 1, "8": 1, "20": 1}}
     assert view(stats, ms(2025, 4))["claims_turnaround"] == {"JKK": {"paid": 3, "p50_days": 8, "p90_days": 20}}
     assert view(stats, ms(2025, 4))["claims"]["JKK"]["PAID"]["count"] == 5
 
@@ -159,7 +159,7 @@ def test_open_claims_stay_bounded():
     state = None
     for kind, event in events:
         state, _, _ = rules.apply_event(state, kind, event)
-    assert len(state["cl"]) == rules.OPEN_CLAIMS_LIMIT
+    assert len(state.cl) == rules.OPEN_CLAIMS_LIMIT
 
 
 def jkm(status: str, at: int, **extra) -> dict:
@@ -234,7 +234,7 @@ def test_death_outranks_a_wage_job_whatever_arrives_first():
         stats = fold(events)
         cohort = view(stats, ms(2025, 3))["cohorts"]["VULNERABLE_WORKER"]
         assert cohort["exited"] == {"death": 1} and cohort["active"] == 0 and cohort["registered"] == 1
-        assert stats["quota_used"] == {} and stats["hist"]["VULNERABLE_WORKER"] == {}
+        assert stats.quota_used == {} and stats.hist["VULNERABLE_WORKER"] == {}
 
 
 def test_members_broken_down_by_district_age_and_sex_with_small_cells_hidden():
@@ -369,7 +369,7 @@ def test_coverage_is_against_the_target_in_force_at_the_clock_and_on_each_charte
     target = lambda clock: rules.region_view(kutim, stats, clock, 3, 1.0)["cohorts"]["VULNERABLE_WORKER"]["target"]
     assert target(ms(2024, 12)) == 12_483 and target(ms(2025, 1)) == 160_000
     december, january = ms(2024, 12, 31) // rules.DAY_MS, ms(2025, 1, 1) // rules.DAY_MS
-    stats["history"] = [[december, 4_000], [january, 4_000]]
+    stats.history = [[december, 4_000], [january, 4_000]]
     ncs = kutim.target["NON_CIVIL_SERVANT"]
     points = rules.history_view(kutim, stats, 1.0)
     assert [p["coverage_ratio"] for p in points] == [round(4_000 / (12_483 + ncs), 4), round(4_000 / (160_000 + ncs), 4)]

@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 from hypothesis import given, settings, strategies as st
 
 from streams import rules, stall
+from streams.state import RegionState
 from streams.reference import regions
 from streams.stall import DAY_MS, StallRules
 
@@ -50,7 +51,7 @@ def simulate(deltas: list[dict], days: int, rules_: StallRules = RULES, scale: f
             stats = rules.apply_delta(stats, d, REGION, scale)
         stats = rules.apply_delta(stats, {"k": "tick", "at": (DAY0 + day + 1) * DAY_MS, "src": [0, day, 0]},
                                   REGION, scale)
-        for a in stall.advance(stats, REGION, min(stats["wm"].values()), rules_, 3, scale, END_DAY):
+        for a in stall.advance(stats, REGION, min(stats.wm.values()), rules_, 3, scale, END_DAY):
             out.append((a["kind"], a["status"], stall.iso_day(a["occurred_at"] // DAY_MS)))
     return out, stats
 
@@ -171,12 +172,12 @@ def test_a_fill_date_beyond_any_calendar_is_never_and_does_not_stop_the_evaluati
     date would fall after the year 9999, which no date can show (formatting it crashed the region stage)."""
     events = [reg(0, 0), reg(40, 0)]
     transitions, stats = simulate(events, 60, scale=400.0)
-    assert stats["forecast_fill_day"] is None
+    assert stats.forecast_fill_day is None
     pace = [t for t in transitions if t[0] == "PACE_BELOW_TARGET"]
     assert pace and pace[0][1] == "FIRING"
     # within the horizon the forecast is a date
     _, near = simulate([reg(d, i) for d in range(60) for i in range(3)], 60, scale=1.0)
-    assert near["forecast_fill_day"] is not None and stall.iso_day(near["forecast_fill_day"]) > "2026"
+    assert near.forecast_fill_day is not None and stall.iso_day(near.forecast_fill_day) > "2026"
 
 
 def test_noisy_input_does_not_flap():
@@ -215,8 +216,8 @@ def test_alerts_do_not_depend_on_how_two_source_partitions_interleave(rnd: rando
             d = sources[s][pos[s]]
             pos[s] += 1
             stats = rules.apply_delta(stats, d, REGION, SCALE)
-            if d["k"] == "tick" and len(stats["wm"]) == 2:
-                out += stall.advance(stats, REGION, min(stats["wm"].values()), RULES, 3, SCALE, END_DAY)
+            if d["k"] == "tick" and len(stats.wm) == 2:
+                out += stall.advance(stats, REGION, min(stats.wm.values()), RULES, 3, SCALE, END_DAY)
         return out
 
     in_turn = [0] * len(sources[0]) + [1] * len(sources[1])
@@ -247,20 +248,20 @@ def test_one_tick_per_batch_gives_the_transitions_of_a_tick_per_day(chunks: list
         stats = rules.apply_delta(stats, {"k": "tick", "at": (DAY0 + end) * DAY_MS, "src": [0, end, 0]}, REGION,
                                   SCALE)
         out += [(a["kind"], a["status"], stall.iso_day(a["occurred_at"] // DAY_MS))
-                for a in stall.advance(stats, REGION, min(stats["wm"].values()), RULES, 3, SCALE, END_DAY)]
+                for a in stall.advance(stats, REGION, min(stats.wm.values()), RULES, 3, SCALE, END_DAY)]
         day = end
         if day == 100:
             break
     assert out == daily
 
 
-def as_of_day_by_day(stats: dict, day: int) -> tuple[dict, dict, dict]:
+def as_of_day_by_day(stats: RegionState, day: int) -> tuple[dict, dict, dict]:
     """The as-of view the simple way (the code before 2026-11-26): each later day's moves undone in turn (the same
     per-move arithmetic, ``stall._undo``; what differs is which days' moves are undone or done again)."""
-    hist = {c: dict(h) for c, h in stats["hist"].items()}
-    fhist = {g: dict(h) for g, h in (stats.get("fhist") or {}).items()}
-    registered = dict(stats["registered"])
-    for later, groups in stats["recent"].items():
+    hist = {c: dict(h) for c, h in stats.hist.items()}
+    fhist = {g: dict(h) for g, h in stats.fhist.items()}
+    registered = dict(stats.registered)
+    for later, groups in stats.recent.items():
         if int(later) >= day:
             stall._undo(hist, fhist, registered, groups, 1)
     return hist, registered, fhist
@@ -283,22 +284,22 @@ def test_the_as_of_view_equals_undoing_each_later_day_in_turn(rnd: random.Random
     deltas = sorted([reg(d, n) for d in range(60) for n in range(rnd.randint(0, 3))]
                     + [pay(d, rules.period_of_ms((DAY0 + d) * DAY_MS) - 1 - rnd.randint(0, 2),
                            rules.period_of_ms((DAY0 + d) * DAY_MS)) for d in range(5, 60, 3)], key=lambda d: d["at"])
-    stats, checked, kept = rules.new_region(), 0, 0
+    stats, checked, kept = RegionState(), 0, 0
     for i, delta in enumerate(deltas):
         rules.apply_delta_in_place(stats, delta, REGION, SCALE)
         if i % 7 == 0 and rnd.random() < 0.3:
-            stats.pop("ahead", None)  # as restored from a changelog written by the code before
+            stats.ahead = None  # as restored from a changelog written by the code before
         day = delta["at"] // DAY_MS - lag
-        if stats["evaluated"] is not None and day > stats["evaluated"]:
-            for d in range(stats["evaluated"] + 1, day + 1):  # what a catch-up over these days would see
+        if stats.evaluated is not None and day > stats.evaluated:
+            for d in range(stats.evaluated + 1, day + 1):  # what a catch-up over these days would see
                 assert nonzero(stall._as_of(stats, d)) == nonzero(as_of_day_by_day(stats, d))
                 checked += 1
         stall.advance(stats, REGION, day * DAY_MS, RULES, 3, SCALE, END_DAY)
         summed: dict = {}
-        for groups in stats["recent"].values():
+        for groups in stats.recent.values():
             stall._add_moves(summed, groups)
-        if "ahead" in stats:  # kept up to date (absent: summed again on first use, as checked above)
-            assert stats["ahead"] == summed
+        if stats.ahead is not None:  # kept up to date (None: summed again on first use, as checked above)
+            assert stats.ahead == summed
             kept += 1
     assert checked and kept
 
@@ -361,7 +362,7 @@ def test_no_registrations_between_tranches_is_not_a_stall():
         stats = rules.apply_delta(stats, {"k": "tick", "at": (DAY0 + day + 1) * DAY_MS, "src": [0, day, 0]},
                                   region, SCALE)
         out += [(a["kind"], a["status"], stall.iso_day(a["occurred_at"] // DAY_MS))
-                for a in stall.advance(stats, region, min(stats["wm"].values()), RULES, 3, SCALE, END_DAY)
+                for a in stall.advance(stats, region, min(stats.wm.values()), RULES, 3, SCALE, END_DAY)
                 if a["kind"] == "NO_REGISTRATIONS"]
     # closed on days 30-59: nothing; open again from 60, registrations until 69, none from 70: day 84's window
     # [70, 83] is empty, and the tranche has been open 14 days by then: fires on day 86

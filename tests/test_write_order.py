@@ -17,6 +17,7 @@ from streams.reference import reference
 from streams.regions import apply_message
 from streams.rules import participant_key
 from streams.simulator import Scenario
+from streams.state import participant_from_stored, stored
 
 
 SETTINGS = Settings(target_scale=0.002)
@@ -46,11 +47,12 @@ MESSAGES = messages()
 
 
 def fold(offset: int, states: dict, now: float = 0.0):
-    """The participant stage on message ``offset`` over ``states`` (the durable states: read as copies, as a
-    restored table would give them) at wall time ``now``: at 0 the silent source ``in:1`` still counts as moving
+    """The participant stage on message ``offset`` over ``states`` (the durable states, stored as the table holds
+    them) at wall time ``now``: at 0 the silent source ``in:1`` still counts as moving
     and no tick passes; after a restart (``now`` past the idle time) it is idle and the ticks pass to the regions
     — the one output a re-read need not repeat."""
-    return fold_message(copy.deepcopy(MESSAGES[offset]), 0, offset, lambda key: copy.deepcopy(states.get(key)),
+    return fold_message(copy.deepcopy(MESSAGES[offset]), 0, offset,
+                        lambda key: participant_from_stored(states.get(key)),
                         {"v": 1, "src": {}, "sent": 0, "since": 0.0}, REF.regions, ["in:0", "in:1"], now, 0.0, 30.0)
 
 
@@ -66,7 +68,7 @@ def region_stage(log: list[tuple[str, list]], regions: dict) -> dict:
     for code, deltas in log:
         applied = apply_message(regions.get(code), deltas, REF.regions[code], SETTINGS, 1, END_DAY)
         if applied.stats is not None:
-            regions[code] = applied.stats
+            regions[code] = stored(applied.stats)
     return regions
 
 
@@ -88,11 +90,11 @@ def run(crash_at: int | None = None, durable: random.Random | None = None, state
                 log += [(code, deltas) for code, deltas in folded.deltas.items()]
             for key, state in folded.states.items():
                 if states_first or durable.random() < 0.5:
-                    states[key] = state
+                    states[key] = stored(state)
             crash_at, now = None, 1000.0  # the restart re-reads this message, later in wall time
             continue
         log += [(code, deltas) for code, deltas in folded.deltas.items()]
-        states.update(folded.states)
+        states.update({key: stored(state) for key, state in folded.states.items()})
         offset += 1
     return log
 
@@ -137,7 +139,7 @@ def region_stage_in_batches(log: list[tuple[str, list]], regions: dict, sizes: l
         for code, deltas in by_code.items():
             applied = apply_message(regions.get(code), deltas, REF.regions[code], SETTINGS, 1, END_DAY)
             if applied.stats is not None:
-                regions[code] = applied.stats
+                regions[code] = stored(applied.stats)
         position, turn = position + size, turn + 1
     return regions
 
