@@ -10,6 +10,7 @@ import random
 import time
 
 import pytest
+import requests
 
 from streams.config import Settings
 from streams.simulator import Scenario
@@ -121,18 +122,22 @@ def test_a_worker_joins_then_one_leaves_totals_stay_exact(kafka, registry, tmp_p
     settings = Settings(kafka_bootstrap_servers=kafka.bootstrap, schema_registry_url=registry.url,
                         topic_prefix=unique() + ".", topic_partitions=4, state_dir=tmp_path / "a",
                         app_id=unique("app-"), target_scale=scale)
-    thirds = [events[: len(events) // 3], events[len(events) // 3: 2 * len(events) // 3], events[2 * len(events) // 3:]]
-    publish(settings, thirds[0])
+    parts = [events[i * len(events) // 4: (i + 1) * len(events) // 4] for i in range(4)]
+    publish(settings, parts[0])
     a = Worker(settings, tmp_path / "a.log", CLOCK_IDLE_SECONDS="30").start()
     b = Worker(settings, tmp_path / "b.log", STATE_DIR=str(tmp_path / "b"), CLOCK_IDLE_SECONDS="30")
     inputs = list(settings.topics.inputs)
     try:
-        a.wait(lambda: sum(a.events_accounted().values()) > len(thirds[0]) // 3, 120, "the first worker under way")
+        a.wait(lambda: sum(a.events_accounted().values()) > len(parts[0]) // 3, 120, "the first worker under way")
         b.start()  # joins mid-stream
-        publish(settings, thirds[1])
+        publish(settings, parts[1])  # read by a while b joins
+        # b owns its partitions before the next part: a may well have read every record there was by the time b's
+        # join completed, and b then had nothing to count (the wait below timed out in 2 of 23 runs, 2026-11-27)
+        b.wait(lambda: requests.get(b.url("/readyz/"), timeout=5).status_code == 200, 120, "the second worker ready")
+        publish(settings, parts[2])
         b.wait(lambda: sum(b.events_accounted().values()) > 0, 120, "the second worker taking a share")
         a.stop()   # the first one leaves mid-stream: b takes over its partitions and restores their tables
-        publish(settings, thirds[2])
+        publish(settings, parts[3])
         b.wait(lambda: progress(settings, settings.app_id, inputs) >= len(events), 300, "committed to the end")
         assert_regions_soon(b, expected_regions(events, scale=scale), 120)
     finally:
