@@ -203,7 +203,6 @@ def worker(config: Optional[Path] = ConfigOpt,
            loglevel: LogLevel = LogLevelOpt) -> None:
     """Run a stream worker: decode, validate, keep the participant and region tables, serve /regions and /metrics."""
     import faulthandler
-    import faust
     from streams.app import create_app
     from streams.topics import app_topics, ensure_topics
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # until the loop runs: then streams/stacks.py's dump
@@ -217,14 +216,16 @@ def worker(config: Optional[Path] = ConfigOpt,
         ensure_topics(s, extra=app_topics(topo))
     except ValueError as exc:  # e.g. production mode without PSEUDONYM_KEY
         fail(exc)
+    from streams.faust_fixes import BoundedStopWorker
+    worker = BoundedStopWorker(topo.app, loglevel=loglevel.value, quiet=True, stop_seconds=s.stop_timeout_seconds)
     if s.profile_path is None:
-        faust.Worker(topo.app, loglevel=loglevel.value, quiet=True).execute_from_commandline()
+        worker.execute_from_commandline()
         return
     from pyinstrument import Profiler
     profiler = Profiler(interval=0.005)
     profiler.start()
     try:
-        faust.Worker(topo.app, loglevel=loglevel.value, quiet=True).execute_from_commandline()
+        worker.execute_from_commandline()
     finally:
         profiler.stop()
         s.profile_path.with_suffix(".html").write_text(profiler.output_html())

@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     # a member that stops heart-beating (kill -9, a lost node) leaves the group after this: its partitions move on
     # then (Kafka's default 45 s, Faust's 60 s would stall a restarted worker's rejoin for that long)
     kafka_session_timeout_seconds: float = Field(10, ge=6, le=300)
+    # a worker told to stop (SIGTERM, Ctrl-C) that has not stopped after this exits as a crash would: without a
+    # broker, Faust's stop can wait for ever on a commit or a flush (docs/reliability.md, "Failure behaviour")
+    stop_timeout_seconds: float = Field(40, gt=0)
     # broker authentication/encryption, for every client of the project (worker, sink, read model, admin, simulator)
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     kafka_sasl_mechanism: Literal["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"] = "SCRAM-SHA-512"

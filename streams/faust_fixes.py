@@ -41,11 +41,14 @@ import contextlib
 import dataclasses
 import gc
 import logging
+import os
+import threading
 import weakref
 from functools import partial
 from importlib.metadata import version
 from time import monotonic
 
+import faust
 import orjson
 from aiokafka import AIOKafkaConsumer
 from aiokafka.producer.message_accumulator import BatchBuilder
@@ -87,8 +90,11 @@ ORIGINALS = {
     "ProducerBuffer._send_pending": ProducerBuffer._send_pending,
     "ProducerBuffer._handle_pending": ProducerBuffer._handle_pending,  # calls _send_pending, sets message_sent
     "App._on_agent_error": App._on_agent_error,  # every agent's on_error: commits the consumer's offsets
+    "App._producer_flush": App._producer_flush,  # waits for the producer's buffer, unbounded (_flush_bounded_on_stop)
     # builds the worker's aiokafka consumer with fetch_max_wait_ms=1500 written into it
     "AIOKafkaConsumerThread._create_worker_consumer": AIOKafkaConsumerThread._create_worker_consumer,
+    # stops the aiokafka consumer, which can raise a fetch's CancelledError (_consumer_stop_through_cancelled_fetch)
+    "AIOKafkaConsumerThread.on_thread_stop": AIOKafkaConsumerThread.on_thread_stop,
     # set_durably does what a table set does, batched: the changelog record, its partition, the persisted offset
     "Table.on_key_set": Table.on_key_set,
     "Collection.send_changelog": Collection.send_changelog,
@@ -133,6 +139,8 @@ _create_worker_consumer = ORIGINALS["AIOKafkaConsumerThread._create_worker_consu
 _build_offsets = ORIGINALS["Recovery._build_offsets"]
 _apply_changelog_batch = ORIGINALS["Table.apply_changelog_batch"]
 _decode_value = ORIGINALS["SerializedStore._decode_value"]
+_producer_flush = ORIGINALS["App._producer_flush"]
+_consumer_thread_stop = ORIGINALS["AIOKafkaConsumerThread.on_thread_stop"]
 _encode_value = ORIGINALS["SerializedStore._encode_value"]
 _encode_key = ORIGINALS["SerializedStore._encode_key"]
 
@@ -855,6 +863,84 @@ async def _stage_failed_exits(self: App, agent, exc: BaseException) -> None:
     await stage_failed(agent, exc)
 
 
+#: how long a stopping worker waits for its producer's buffer before dropping what is left (no broker)
+STOP_FLUSH_SECONDS = 15.0
+
+
+async def _flush_bounded_on_stop(self: App, logger) -> None:
+    """Faust's ``_producer_flush``; when the app is stopping, for at most ``STOP_FLUSH_SECONDS``. aiokafka's flush
+    waits for every buffered batch, and a batch for a broker that refuses connections never fails (aio-libs/aiokafka
+    #1101, open): a worker told to stop while its broker was gone waited for ever, logging connection errors (a
+    pytest run stopped with SIGTERM left one running an hour after its broker had gone, 2026-11-27), and then
+    Faust's producer stop waits the same way. Past the bound the batches are failed, which ends both waits.
+    Dropping them loses nothing: every commit of ours waits for the producer's records before it (the write order,
+    docs/reliability.md), the consumer is stopped before this flush, so no offset behind a dropped record is
+    committed, and a restart reads its input again. During a rebalance (not stopping) Faust's wait is kept: a
+    commit follows it there. Not reported upstream (the aiokafka issue is)."""
+    producer = self._producer
+    if not self.should_stop or producer is None:
+        return await _producer_flush(self, logger)
+    logger.info("Flush producer buffer...")
+    try:
+        await asyncio.wait_for(asyncio.shield(producer.flush()), STOP_FLUSH_SECONDS)
+    except asyncio.TimeoutError:
+        accumulator = producer._ensure_producer()._message_accumulator
+        batches = [*(b for bs in accumulator._batches.values() for b in bs), *accumulator._pending_batches]
+        logger.warning("producer buffer not flushed within %.0f s while stopping (is the broker gone?): %d "
+                       "batches dropped; their input offsets are not committed, and are read again on restart",
+                       STOP_FLUSH_SECONDS, len(batches))
+        accumulator.fail_all(ConnectionError("the worker stopped before the broker acknowledged the batch"))
+
+
+async def _consumer_stop_through_cancelled_fetch(self: AIOKafkaConsumerThread) -> None:
+    """Faust's ``on_thread_stop`` of its consumer thread, which stops the aiokafka consumer. A fetch that failed
+    (no broker) waits out its retry backoff in a task that aiokafka's ``Fetcher.close`` cancels and then awaits
+    unguarded: the cancellation escaped ``AIOKafkaConsumer.stop`` (aio-libs/aiokafka #647, open), the thread died
+    before telling its parent it had shut down, and the worker's stop waited out mode's 60 s shutdown timeout.
+    Here that escaped cancellation (not one of this task's own) ends the consumer's stop, and its client is
+    closed; the thread then shuts down as usual. Not reported upstream (the aiokafka issue is)."""
+    try:
+        await _consumer_thread_stop(self)
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise  # this task was cancelled: not the escaped one
+        log.warning("consumer stop: a pending fetch's cancellation escaped aiokafka's close (no broker?); "
+                    "closing its connections")
+        with contextlib.suppress(Exception):
+            await self._consumer._client.close()
+
+
+class BoundedStopWorker(faust.Worker):
+    """Faust's worker, whose stop (SIGTERM, SIGINT, the end of a run) ends the process after ``stop_seconds``
+    if it has not finished by then. Without a broker, Faust's stop waits for ever: on the producer's buffer (bounded
+    above) and on an offset commit in flight, which aiokafka retries until a group coordinator answers; a worker
+    stopped that way kept running for an hour. An exit mid-stop is a crash like any other: the write order keeps
+    the tables exact (docs/reliability.md; the kill -9 drills)."""
+
+    def __init__(self, *args, stop_seconds: float, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.stop_seconds = stop_seconds
+        self._watchdog: threading.Timer | None = None
+
+    async def stop(self) -> None:
+        if self._watchdog is None:
+            self._watchdog = threading.Timer(self.stop_seconds, self._stop_overdue)
+            self._watchdog.daemon = True
+            self._watchdog.start()
+        await super().stop()
+
+    def _stop_overdue(self) -> None:
+        log.error("the worker did not stop within %.0f s (is the broker gone?): exiting without finishing the stop; "
+                  "uncommitted input is read again on restart", self.stop_seconds)
+        logging.shutdown()
+        os._exit(STOP_OVERDUE_EXIT)
+
+
+#: the exit status of a worker whose stop did not finish in time (BoundedStopWorker)
+STOP_OVERDUE_EXIT = 75
+
+
 class QuietMonitor(Monitor):
     """Faust's built-in sensor (``Monitor`` setting) without its per-record bookkeeping: counters, time stamps
     and per-stream dictionaries updated for every record read, event, table access and send — state only
@@ -923,6 +1009,8 @@ def install(bulk_restore: bool = True) -> None:
         Consumer.getmany = _getmany_in_batches
         Consumer._add_gap = _add_gap_only_for_transactions
         App._on_agent_error = _stage_failed_exits
+        App._producer_flush = _flush_bounded_on_stop
+        AIOKafkaConsumerThread.on_thread_stop = _consumer_stop_through_cancelled_fetch
         Table.apply_changelog_batch = _apply_changelog_batch_setting_aside_undecodable
         codecs.register(CHECKED_JSON, _CheckedJson())
         SerializedStore._decode_value = _store_decode_value

@@ -243,6 +243,8 @@ PINNED = {
     "Monitor.on_table_set": "fe5ba12e91b2f6d4",
     "Monitor.on_send_initiated": "6394b4e330614dbb",
     "Monitor.on_send_completed": "4942b34ea1f35eaf",
+    "App._producer_flush": "35c92baa028d57bd",
+    "AIOKafkaConsumerThread.on_thread_stop": "8dfc004e258b6c25",
 }
 
 
@@ -579,3 +581,28 @@ def test_a_table_restored_from_its_changelog_holds_each_key_s_last_value(kafka, 
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+HANGING_STOP = """
+import asyncio, faust, logging
+logging.basicConfig()  # as the worker's own log
+from streams import faust_fixes
+
+class Hanging(faust_fixes.BoundedStopWorker):
+    async def on_stop(self) -> None:  # a stop step that never ends (a commit waiting for a group coordinator)
+        await asyncio.Event().wait()
+
+worker = Hanging(faust.App("stop-test", broker="kafka://127.0.0.1:9", store="memory://"), stop_seconds=1.0,
+                 quiet=True)
+worker.loop.run_until_complete(worker.stop())
+print("the stop returned")
+"""
+
+
+def test_a_worker_stop_that_does_not_finish_in_time_ends_the_process():
+    """BoundedStopWorker: a stop that hangs (no broker) ends the process with STOP_OVERDUE_EXIT, saying why."""
+    import subprocess
+    done = subprocess.run([sys.executable, "-c", HANGING_STOP], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).parents[1])
+    assert done.returncode == faust_fixes.STOP_OVERDUE_EXIT, done.stderr
+    assert "did not stop within 1 s" in done.stderr and "the stop returned" not in done.stdout

@@ -7,12 +7,14 @@ import collections
 import json
 import os
 import random
+import signal
 import time
 
 import pytest
 import requests
 
 from streams.config import Settings
+from streams.faust_fixes import STOP_OVERDUE_EXIT
 from streams.simulator import Scenario
 from tests.conftest import unique
 from tests.expected import expected_regions
@@ -97,7 +99,8 @@ def test_broker_restart_mid_stream_workers_and_sink_reconnect_and_finish_exact(o
     settings = sink_settings(settings, postgres.create_database(unique("wh")))
     half = len(events) // 2
     publish(settings, events[:half])
-    worker, sink = Worker(settings, tmp_path / "worker.log").start(), Sink(settings, tmp_path / "sink.log").start()
+    worker = Worker(settings, tmp_path / "worker.log", STOP_TIMEOUT_SECONDS="15").start()
+    sink = Sink(settings, tmp_path / "sink.log").start()
     try:
         worker.wait(lambda: sum(worker.events_accounted().values()) > half // 3, 120, "the worker under way")
         own_broker.stop()  # clean shutdown; the data directory stays
@@ -110,6 +113,14 @@ def test_broker_restart_mid_stream_workers_and_sink_reconnect_and_finish_exact(o
             proc.wait(lambda: progress(settings, group, inputs) >= len(events), 300, "committed to the end")
         assert_regions_soon(worker, expected_regions(events, scale=scale), 120)
         assert warehouse_facts(settings.warehouse_url) == expected_facts(events)
+        # the broker goes again, for good: told to stop, each ends on its own (a worker's stop without a broker
+        # waited for ever on its producer and on a commit; faust_fixes.BoundedStopWorker)
+        own_broker.stop()
+        for service in (worker, sink):
+            os.killpg(service.proc.pid, signal.SIGTERM)
+        for service in (worker, sink):
+            status = service.proc.wait(15 + 20)
+            assert status in (0, STOP_OVERDUE_EXIT), f"{service.command} ended with {status}:\n{service.tail()}"
     finally:
         worker.stop()
         sink.stop()
