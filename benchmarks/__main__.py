@@ -2,6 +2,7 @@
 local broker (and PostgreSQL), started by the project's launcher unless given. Writes benchmarks/results/."""
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shutil
@@ -68,6 +69,8 @@ def main(quick: bool = typer.Option(False, help="a small run (< 2 min): smoke te
          partitions: int = typer.Option(4, help="partitions per topic"),
          rate: float = typer.Option(5000, help="offered rate for the latency run (capped at half our backlog throughput)"),
          peer: bool = typer.Option(True, help="run the Quix Streams peer (its own virtualenv, made once)"),
+         memory_only: bool = typer.Option(False, "--memory-only", help="only the worker's peak RSS with RocksDB on "
+                                          "the backlog and on a tenth of it (1M events: 200k and 20k participants)"),
          out: Path = typer.Option(RESULTS, help="where the JSON, Markdown and PNG go"),
          keep: bool = typer.Option(False, help="keep the work directory (logs, state) for a look afterwards"),
          bootstrap: Optional[str] = typer.Option(None, help="use this broker instead of starting one"),
@@ -110,6 +113,33 @@ def main(quick: bool = typer.Option(False, help="a small run (< 2 min): smoke te
                    f"{platform.python_version()}", "partitions": partitions, "workload": workload.mix(backlog),
                    "throughput": {}}
         tp = results["throughput"]
+        if memory_only:
+            big, worker = ours.run_worker(base.model_copy(update={"store": "rocksdb"}), backlog, workdir,
+                                          bar("ours: Faust worker, RocksDB", len(backlog)))
+            worker.stop()
+            small = workload.generate(max(len(backlog) // 10, 1000), seed=7)
+            small_settings = settings_for(unique("s") + ".", store="rocksdb")
+            workload.preload(small_settings, small)
+            figures, worker = ours.run_worker(small_settings, small, workdir,
+                                              bar("ours: a tenth, RocksDB", len(small)))
+            worker.stop()
+            results.update(name=f"memory-{len(backlog)}", mode="memory only", memory=[
+                {"store": "rocksdb", "participants": workload.mix(small)["participants"],
+                 "peak_rss_mb": figures["peak_rss_mb"], "equal_to_fold": figures["equal_to_fold"]},
+                {"store": "rocksdb", "participants": results["workload"]["participants"],
+                 "peak_rss_mb": big["peak_rss_mb"], "equal_to_fold": big["equal_to_fold"]}])
+            growth = report.ratio(big["peak_rss_mb"], figures["peak_rss_mb"])
+            results["ratios"] = {"RocksDB RSS growth, 10x participants": (growth, "≤ 1.2")}
+            out.mkdir(parents=True, exist_ok=True)
+            path = out / f"{results['name']}.json"
+            path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+            for row in results["memory"]:
+                console.print(f"{row['participants']:,} participants: peak RSS {row['peak_rss_mb']} MB "
+                              f"(equal to the fold: {row['equal_to_fold']})")
+            console.print(f"RocksDB RSS growth, 10x participants: [bold]{growth}[/] (target ≤ 1.2); written: {path}")
+            if not (big["equal_to_fold"] and figures["equal_to_fold"]):
+                raise typer.Exit(1)
+            return
         tp["ceiling"] = ceiling.run(base, len(backlog), bar("ceiling: consume + decode", len(backlog)))
         tp["faust floor (no-op agent)"] = faust_floor.run(base, len(backlog), workdir,
                                                            bar("Faust floor: a no-op agent", len(backlog)))

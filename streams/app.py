@@ -71,6 +71,7 @@ def create_app(settings: Settings) -> Topology:
         web_bind=settings.http_host,
         table_cleanup_interval=30.0,
         consumer_max_fetch_size=settings.consumer_max_fetch_kb << 10,
+        stream_buffer_maxsize=settings.stream_buffer_events,
         # only when asked for: exactly_once stalls on this topology (docs/reliability.md)
         **({"processing_guarantee": "exactly_once"} if settings.processing_guarantee == "exactly_once" else {}),
         # No standby replicas: with them, a worker joining a running group never fetched its active input
