@@ -7,7 +7,6 @@ from collections import defaultdict
 from datetime import datetime, timezone
 
 from streams.occupation import normalise  # a code list: reference data, not a rule
-from streams.state import RegionState
 from streams.reference import regions
 
 
@@ -174,9 +173,10 @@ def expected_alerts(events, scale: float, first_days: dict[str, int], until_day:
     """The stall alerts of a sequential fold over the same events (the project's pure rule functions, one event
     after another, one tick per event-time day): what the distributed pipeline must reproduce exactly.
     ``first_days``: region -> first evaluated day, as the pipeline reports it (``evaluating_since``)."""
-    from streams import rules, stall
+    from streams import rules, stall  # the alerts' rules themselves (here only the fold is independent)
     from streams.reference import reference
     from streams.stall import DAY_MS, StallRules
+    from streams.state import RegionState
     ref = reference()
     end = stall.month_day(ref.programme_end)
     rules_ = rules_ or StallRules()
