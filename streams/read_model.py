@@ -134,9 +134,8 @@ def region_state(key: bytes | None, value: bytes | None) -> tuple[str, states.Re
     a state format this worker does not know)."""
     try:
         code = orjson.loads(key) if key is not None else None
-        stored = None if value is None else orjson.loads(value)
-        if not isinstance(code, str) or not (stored is None or isinstance(stored, dict)):
+        if not isinstance(code, str):
             return None
-        return code, None if stored is None else states.region_from_stored(stored)
-    except (orjson.JSONDecodeError, msgspec.ValidationError, states.StateVersionError):
+        return code, None if value is None else states.region_from_json(value)
+    except (orjson.JSONDecodeError, msgspec.MsgspecError, states.StateVersionError):
         return None

@@ -86,6 +86,21 @@ def region_from_stored(stored: dict | None) -> RegionState:
                                                                 RegionState)
 
 
+class _Version(msgspec.Struct):
+    v: int = 0  # absent: unversioned (0)
+
+
+def region_from_json(raw: bytes) -> RegionState:
+    """A region's state from a changelog record's bytes, decoded straight into the type (msgspec), its version
+    checked first. The read model decodes each region record it shows: orjson and then ``convert`` took twice as
+    long (~510–620 against ~260–270 µs for the largest region's 30 kB state in the 0.01-scale scenario, 2026-11-27).
+    Raises msgspec's errors for bytes that are not a region's state."""
+    found = msgspec.json.decode(raw, type=_Version).v
+    if found > REGION_VERSION:
+        raise StateVersionError(f"region state of format version {found}: this worker knows up to {REGION_VERSION}")
+    return msgspec.json.decode(raw, type=RegionState)  # ``v`` is not a field: left out, as convert does
+
+
 def stored(state: Participant | RegionState) -> dict:
     """The form a table and its changelog hold."""
     out = msgspec.to_builtins(state)

@@ -91,3 +91,20 @@ def test_apply_event_leaves_the_state_it_was_given_as_it_was():
     after, deltas, duplicate = rules.apply_event(p, "Contribution", contribution("2025-06", "c1"))
     assert not duplicate and after.pt == rules.period_index("2025-06") and deltas
     assert state.stored(p) == stored and isinstance(after, Participant)
+
+
+def test_a_region_decoded_from_its_changelog_bytes_equals_the_two_step_read():
+    """``region_from_json`` (the read model's path) reads what ``region_from_stored`` reads from the parsed JSON,
+    refuses a newer format, and raises msgspec's errors for what is not a region's state."""
+    r = RegionState(registered={"VULNERABLE_WORKER": 2}, contrib=[3, 50_400], evaluated=20_100,
+                    alerts={"NO_REGISTRATIONS": {"status": "ok", "streak": 0, "started": None, "last_started": 5}},
+                    protected_series=[[20_100, 0.5, 2]], alert_log=[["NO_REGISTRATIONS", "RESOLVED", 20_090, 20_100]])
+    raw = orjson.dumps(state.stored(r))
+    assert state.region_from_json(raw) == state.region_from_stored(orjson.loads(raw)) == r
+    old = orjson.dumps({"registered": {"GENERAL": 1}, "active_series": [[1, 2]]})  # unversioned, as before
+    assert state.region_from_json(old).registered == {"GENERAL": 1}
+    with pytest.raises(StateVersionError):
+        state.region_from_json(orjson.dumps({**state.stored(r), "v": state.REGION_VERSION + 1}))
+    for bad in (b"{broken", b"[1, 2]", b'{"registered": {"GENERAL": "one"}}'):
+        with pytest.raises(msgspec.MsgspecError):
+            state.region_from_json(bad)
