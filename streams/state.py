@@ -8,8 +8,8 @@ touching what the table holds (a stage's writes become durable in an order, docs
 
 Format versions (bump ``VERSION`` and add an upgrade when a field changes meaning; a new field with a default
 needs neither, an absent one reads as its default):
-- participant 0: the unversioned dict before 2026-11-28; 1: the same fields, ``v`` added, defaults left out.
-- region 0: the unversioned dict before 2026-11-28 (perhaps with ``active_series``, a rule's series since
+- participant 0: the unversioned dict before 2026-11-27; 1: the same fields, ``v`` added, defaults left out.
+- region 0: the unversioned dict before 2026-11-27 (perhaps with ``active_series``, a rule's series since
   replaced: dropped); 1: the same fields with ``v``.
 """
 from __future__ import annotations
@@ -95,9 +95,7 @@ def region_from_json(raw: bytes) -> RegionState:
     checked first. The read model decodes each region record it shows: orjson and then ``convert`` took twice as
     long (~510–620 against ~260–270 µs for the largest region's 30 kB state in the 0.01-scale scenario, 2026-11-27).
     Raises msgspec's errors for bytes that are not a region's state."""
-    found = msgspec.json.decode(raw, type=_Version).v
-    if found > REGION_VERSION:
-        raise StateVersionError(f"region state of format version {found}: this worker knows up to {REGION_VERSION}")
+    _checked({"v": msgspec.json.decode(raw, type=_Version).v}, REGION_VERSION, "region")
     return msgspec.json.decode(raw, type=RegionState)  # ``v`` is not a field: left out, as convert does
 
 
