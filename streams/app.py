@@ -9,11 +9,13 @@ Flow (one module per stage):
                         └─ regions.py  region table: registered, paid-through histogram, quota, claims
                              └─▶ <app>-regions-changelog ─▶ read_model.py on every worker (all 10 regions)
   web.py: GET /regions, /regions/{code}, /healthz; metrics.py gauges refreshed from the read model.
+Each stage's agent is a module-level function of the topology (``ingest.agent``, ``participants.agent``,
+``regions.agent``), registered here per Settings and kept in ``Topology.agents``: a test runs one in-process.
 """
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -42,6 +44,10 @@ class Topology:
     region_alerts: Any
     pseudonym_key: bytes
     faults: FaultPoints
+    #: the agents by name (ingest-registration, ingest-contribution, ingest-claim, participants, regions); each is
+    #: a module-level function of its stage over this topology, so a test can run one in-process
+    #: (``agent.test_context()``, tests/test_agents.py)
+    agents: dict[str, Any] = field(default_factory=dict)
 
     @property
     def input_partitions(self) -> list[str]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import logging
 import time
+from functools import partial
 
 from streams import demography, occupation, privacy, validation
 from streams.clock import DAY_MS, PartitionClock
@@ -63,14 +64,6 @@ def dead_letter_changelog_record(topo, message, reason: str) -> None:
               message.offset, reason)
 
 
-def register(topo) -> None:
-    app, settings = topo.app, topo.settings
-    lateness_ms = int(settings.allowed_lateness_days * DAY_MS)
-    for topic_name, record_name in settings.topics.inputs.items():
-        source = deliver_in_batches(app, topic_name, settings.batch_size)  # a RecordBatch per event
-        _agent(topo, source, topic_name, record_name, lateness_ms)
-
-
 #: partition batches (faust_fixes.RecordBatch, each one fetch's records of a partition) handled together at most
 EVENTS_AT_ONCE = 16
 
@@ -82,66 +75,75 @@ def _records(events):
             yield event, record
 
 
-def _agent(topo, source, topic_name: str, record_name: str, lateness_ms: int) -> None:
+async def agent(topo, topic_name: str, record_name: str, stream):
+    """The ingest agent of one input topic: batches of its partitions' fetched records, each record decoded,
+    validated, pseudonymised and sent on (or dead-lettered); then each partition's clock written. Yields, per
+    batch, the events taken and the records they held (Faust's agent results: what a test of the agent reads)."""
     partitions = topo.settings.topic_partitions
+    lateness_ms = int(topo.settings.allowed_lateness_days * DAY_MS)
+    # each event is a partition's fetched records (faust_fixes.deliver_in_batches); a few of them at once
+    async for events in stream.take_events(EVENTS_AT_ONCE, within=topo.settings.batch_seconds):
+        out: dict[int, list] = collections.defaultdict(list)
+        marks: dict[str, PartitionClock] = {}
+        last: dict[str, object] = {}  # mark -> its last event in the batch
+        ticks: dict[str, int] = {}  # mark -> its clock, if it entered a new day in the batch
+        now, latest = time.time(), topo.settings.latest_event_ms()
+        for event, message in _records(events):
+            mark = f"{topic_name}:{message.partition}"
+            last[mark] = event
+            clock = marks.get(mark)
+            if clock is None:
+                with routed_by(event):
+                    clock = marks[mark] = PartitionClock.from_stored(topo.watermarks.get(mark))
+                clock.rewind(message.offset)
+            clock.skip(message.offset)  # read: whatever becomes of it, a replay starts after it
+            try:
+                record = await topo.serde.decode_waiting(message.value, record_name)
+                validation.check(record_name, record, latest)
+            except (DecodeError, validation.Invalid) as exc:
+                await dead_letter(topo, message, exc.reason, exc.detail)
+                continue
+            except Exception as exc:  # a bug must not crash the agent nor lose the record
+                log.exception("unexpected error decoding %s[%d]@%d", message.topic, message.partition,
+                              message.offset)
+                await dead_letter(topo, message, "processing_error", type(exc).__name__)
+                continue
+            at = record["occurred_at"]
+            seen = clock.observe(message.offset, at, lateness_ms)
+            nik = record.pop("nik")
+            if record_name == "Registration":  # coarse attributes only; the NIK and free text go no further
+                record["demo"] = [*demography.from_nik(nik, record["region_code"], at),
+                                  occupation.normalise(record.pop("occupation"))]
+            pkey = participant_key(nik, topo.pseudonym_key)
+            privacy.scrub_record(record_name, record, "record")
+            record.update(kind=record_name, topic=topic_name, key=pkey)
+            if seen.late:
+                record["late"] = 1
+                LATE_EVENTS.labels(topic_name).inc()
+            out[pe_partition(pkey, partitions)].append(record)
+            if seen.tick is not None:
+                ticks[mark] = seen.tick
+            EVENT_LAG.observe(max(now - at / 1000, 0))
+        for mark, at in ticks.items():
+            # a partition's clock entered a new day: one watermark per batch (where the batch left the clock)
+            # to every participant-events partition, behind every record of the batch ("everything from this
+            # source before ``at`` is on its way"). A backlog's batch spans days: a tick per day crossed cost
+            # every participant and region stage a clock fold and every region a stall evaluation each.
+            for p in range(partitions):
+                out[p].append({"kind": "Tick", "src": mark, "at": at})
+        sent = []  # acknowledged before the clocks that record them are written (participants.py)
+        for p, batch in sorted(out.items()):
+            sent += await send_batch(topo.participant_events, "events", batch, key=None, partition=p)
+        await acknowledged(sent)
+        await topo.faults.reached("ingest:events-acked", topo.app.producer)
+        for mark, clock in marks.items():
+            with routed_by(last[mark]):
+                topo.watermarks[mark] = clock.stored()
+        yield len(events), sum(len(event.value) for event in events)
 
-    @topo.app.agent(source, name=f"ingest-{record_name.lower()}")
-    async def ingest(stream):
-        # each event is a partition's fetched records (faust_fixes.deliver_in_batches); a few of them at once
-        async for events in stream.take_events(EVENTS_AT_ONCE, within=topo.settings.batch_seconds):
-            out: dict[int, list] = collections.defaultdict(list)
-            marks: dict[str, PartitionClock] = {}
-            last: dict[str, object] = {}  # mark -> its last event in the batch
-            ticks: dict[str, int] = {}  # mark -> its clock, if it entered a new day in the batch
-            now, latest = time.time(), topo.settings.latest_event_ms()
-            for event, message in _records(events):
-                mark = f"{topic_name}:{message.partition}"
-                last[mark] = event
-                clock = marks.get(mark)
-                if clock is None:
-                    with routed_by(event):
-                        clock = marks[mark] = PartitionClock.from_stored(topo.watermarks.get(mark))
-                    clock.rewind(message.offset)
-                clock.skip(message.offset)  # read: whatever becomes of it, a replay starts after it
-                try:
-                    record = await topo.serde.decode_waiting(message.value, record_name)
-                    validation.check(record_name, record, latest)
-                except (DecodeError, validation.Invalid) as exc:
-                    await dead_letter(topo, message, exc.reason, exc.detail)
-                    continue
-                except Exception as exc:  # a bug must not crash the agent nor lose the record
-                    log.exception("unexpected error decoding %s[%d]@%d", message.topic, message.partition,
-                                  message.offset)
-                    await dead_letter(topo, message, "processing_error", type(exc).__name__)
-                    continue
-                at = record["occurred_at"]
-                seen = clock.observe(message.offset, at, lateness_ms)
-                nik = record.pop("nik")
-                if record_name == "Registration":  # coarse attributes only; the NIK and free text go no further
-                    record["demo"] = [*demography.from_nik(nik, record["region_code"], at),
-                                      occupation.normalise(record.pop("occupation"))]
-                pkey = participant_key(nik, topo.pseudonym_key)
-                privacy.scrub_record(record_name, record, "record")
-                record.update(kind=record_name, topic=topic_name, key=pkey)
-                if seen.late:
-                    record["late"] = 1
-                    LATE_EVENTS.labels(topic_name).inc()
-                out[pe_partition(pkey, partitions)].append(record)
-                if seen.tick is not None:
-                    ticks[mark] = seen.tick
-                EVENT_LAG.observe(max(now - at / 1000, 0))
-            for mark, at in ticks.items():
-                # a partition's clock entered a new day: one watermark per batch (where the batch left the clock)
-                # to every participant-events partition, behind every record of the batch ("everything from this
-                # source before ``at`` is on its way"). A backlog's batch spans days: a tick per day crossed cost
-                # every participant and region stage a clock fold and every region a stall evaluation each.
-                for p in range(partitions):
-                    out[p].append({"kind": "Tick", "src": mark, "at": at})
-            sent = []  # acknowledged before the clocks that record them are written (participants.py)
-            for p, batch in sorted(out.items()):
-                sent += await send_batch(topo.participant_events, "events", batch, key=None, partition=p)
-            await acknowledged(sent)
-            await topo.faults.reached("ingest:events-acked", topo.app.producer)
-            for mark, clock in marks.items():
-                with routed_by(last[mark]):
-                    topo.watermarks[mark] = clock.stored()
+
+def register(topo) -> None:
+    for topic_name, record_name in topo.settings.topics.inputs.items():
+        source = deliver_in_batches(topo.app, topic_name, topo.settings.batch_size)  # a RecordBatch per event
+        topo.agents[f"ingest-{record_name.lower()}"] = topo.app.agent(source, name=f"ingest-{record_name.lower()}")(
+            partial(agent, topo, topic_name, record_name))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable, Iterable
 
 from streams import clock as clocks, faust_fixes, rules, state
@@ -77,8 +78,67 @@ def fold_message(values: list[dict], partition: int, offset: int,
     return out
 
 
+async def write(topo, states: dict[int, tuple[dict[str, state.Participant], object]],
+                clocks_of: dict[int, clocks.SourceClock]) -> None:
+    """The participants' states of every partition (their stored form), acknowledged by the broker, one produce
+    request per changelog batch and one wait for them all (faust_fixes.set_durably); then each partition's clock."""
+    await faust_fixes.set_durably(topo.participants, [({key: state.stored(p) for key, p in items.items()}, event)
+                                                      for items, event in states.values()])
+    for partition, source_clock in clocks_of.items():
+        with faust_fixes.routed_by(states[partition][1]):
+            topo.clocks[str(partition)] = source_clock.stored()
+
+
+async def agent(topo, stream):
+    """The participants agent: batches of participant-events messages, folded (``fold_message``) and written in
+    the order above. Yields, per batch, the messages taken and the outcome counts, (topic, outcome) -> n (Faust's
+    agent results: what a test of the agent reads)."""
+    settings, codes = topo.settings, reference_regions()
+    in_order = faust_fixes.InOrder(topo.app, topo.participant_events.get_topic_name())
+
+    def durable(key: str) -> state.Participant | None:
+        return state.participant_from_stored(topo.participants.get(key))
+
+    async for events in stream.take_events(settings.batch_messages, within=settings.batch_seconds):
+        # each message folded in turn over the states the batch's earlier messages left; written together
+        states: dict[int, tuple[dict[str, state.Participant], object]] = {}  # partition -> (new states, an event)
+        clocks_of: dict[int, clocks.SourceClock] = {}
+        deltas: dict[str, list] = collections.defaultdict(list)
+        outcomes: collections.Counter = collections.Counter()
+        for event in events:
+            if not await in_order.admit(event):  # the replay rule needs each partition in offset order
+                continue
+            partition, offset = event.message.partition, event.message.offset
+            items, _ = states.setdefault(partition, ({}, event))
+            with faust_fixes.routed_by(event):
+                folded = fold_message(
+                    event.value["events"], partition, offset,
+                    lambda key: items[key] if key in items else durable(key),
+                    clocks_of[partition].stored() if partition in clocks_of else topo.clocks.get(str(partition)),
+                    codes, topo.input_partitions, time.time(), STARTED, settings.clock_idle_seconds)
+            items.update(folded.states)
+            if folded.clock is not None:
+                clocks_of[partition] = folded.clock
+            for code, batch in folded.deltas.items():
+                deltas[code] += batch
+            outcomes.update(folded.outcomes)
+        if topo.faults.fires("participants:state-first"):  # drills only: the losing order, forced
+            await write(topo, states, clocks_of)
+            await topo.faults.kill("participants:state-first", topo.app.producer)
+        # every message's deltas acknowledged before any state of the batch is written (docs/reliability.md)
+        sent = []
+        for code, batch in deltas.items():
+            sent += await send_batch(topo.region_deltas, "deltas", batch, key=code)
+        await acknowledged(sent)
+        await topo.faults.reached("participants:deltas-acked", topo.app.producer)
+        await write(topo, states, clocks_of)
+        await topo.faults.reached("participants:state-durable", topo.app.producer)
+        for (topic, outcome), n in outcomes.items():
+            EVENTS.labels(topic, outcome).inc(n)
+        yield len(events), outcomes
+
+
 def register(topo) -> None:
-    codes = reference_regions()
     settings = topo.settings
 
     @topo.app.timer(max(settings.clock_idle_seconds / 3, 1.0))
@@ -89,57 +149,4 @@ def register(topo) -> None:
                 key=None, value=faust_fixes.json_value({"events": [{"kind": "Tick", "src": None, "at": 0}]}),
                 partition=partition)
 
-    async def write(states: dict[int, tuple[dict[str, state.Participant], object]],
-                    clocks_of: dict[int, clocks.SourceClock]) -> None:
-        """The participants' states of every partition (their stored form), acknowledged by the broker, one
-        produce request per changelog batch and one wait for them all (faust_fixes.set_durably); then each
-        partition's clock."""
-        await faust_fixes.set_durably(topo.participants, [({key: state.stored(p) for key, p in items.items()}, event)
-                                                          for items, event in states.values()])
-        for partition, source_clock in clocks_of.items():
-            with faust_fixes.routed_by(states[partition][1]):
-                topo.clocks[str(partition)] = source_clock.stored()
-
-    def durable(key: str) -> state.Participant | None:
-        return state.participant_from_stored(topo.participants.get(key))
-
-    in_order = faust_fixes.InOrder(topo.app, topo.participant_events.get_topic_name())
-
-    @topo.app.agent(topo.participant_events, name="participants")
-    async def participants(stream):
-        async for events in stream.take_events(settings.batch_messages, within=settings.batch_seconds):
-            # each message folded in turn over the states the batch's earlier messages left; written together
-            states: dict[int, tuple[dict[str, state.Participant], object]] = {}  # partition -> (new states, an event)
-            clocks_of: dict[int, clocks.SourceClock] = {}
-            deltas: dict[str, list] = collections.defaultdict(list)
-            outcomes: collections.Counter = collections.Counter()
-            for event in events:
-                if not await in_order.admit(event):  # the replay rule needs each partition in offset order
-                    continue
-                partition, offset = event.message.partition, event.message.offset
-                items, _ = states.setdefault(partition, ({}, event))
-                with faust_fixes.routed_by(event):
-                    folded = fold_message(
-                        event.value["events"], partition, offset,
-                        lambda key: items[key] if key in items else durable(key),
-                        clocks_of[partition].stored() if partition in clocks_of else topo.clocks.get(str(partition)),
-                        codes, topo.input_partitions, time.time(), STARTED, settings.clock_idle_seconds)
-                items.update(folded.states)
-                if folded.clock is not None:
-                    clocks_of[partition] = folded.clock
-                for code, batch in folded.deltas.items():
-                    deltas[code] += batch
-                outcomes.update(folded.outcomes)
-            if topo.faults.fires("participants:state-first"):  # drills only: the losing order, forced
-                await write(states, clocks_of)
-                await topo.faults.kill("participants:state-first", topo.app.producer)
-            # every message's deltas acknowledged before any state of the batch is written (docs/reliability.md)
-            sent = []
-            for code, batch in deltas.items():
-                sent += await send_batch(topo.region_deltas, "deltas", batch, key=code)
-            await acknowledged(sent)
-            await topo.faults.reached("participants:deltas-acked", topo.app.producer)
-            await write(states, clocks_of)
-            await topo.faults.reached("participants:state-durable", topo.app.producer)
-            for (topic, outcome), n in outcomes.items():
-                EVENTS.labels(topic, outcome).inc(n)
+    topo.agents["participants"] = topo.app.agent(topo.participant_events, name="participants")(partial(agent, topo))
