@@ -64,40 +64,50 @@ def profile_hot_path(session_file: Path, packages: tuple[str, ...] = ("streams",
 
 
 def run_worker(settings: Settings, events: list[SimEvent], workdir: Path, advance: Callable[[int], None],
-               profile: Path | None = None) -> tuple[dict, Worker]:
-    """Start a worker on the pre-loaded backlog; done when every input record is accounted for and the internal
-    topics have no backlog. Returns the figures and the (still running) worker."""
+               profile: Path | None = None, workers: int = 1) -> dict:
+    """Start ``workers`` workers of one group (each with its own state directory) on the pre-loaded backlog, timed
+    from when all are up; done when every input record is accounted for and the group has no backlog on the
+    internal topics (several workers: on the input topics too — records re-read around their rebalance are
+    accounted twice). Returns the figures; the workers are stopped."""
     # the view equals the fold once the stream clock has passed the last events: at the end of a backlog that
     # waits for the sources to go idle (wall time), not counted in the figures but in the benchmark's duration
     env = {"CLOCK_IDLE_SECONDS": "3", **({"PROFILE_PATH": str(profile)} if profile else {})}
-    worker = Worker(settings, workdir / f"worker-{settings.store}.log", **env)
+    group = [Worker(settings if n == 0 else settings.model_copy(update={"state_dir": settings.state_dir / f"w{n}"}),
+                    workdir / f"worker-{settings.store}{f'-{n}' if n else ''}.log", **env) for n in range(workers)]
     internal = [f"{settings.app_id}-participant-events", f"{settings.app_id}-region-deltas"]
+    watched = internal + (list(settings.topics.inputs) if workers > 1 else [])
     total, seen = len(events), 0
-    worker.start(timeout=180)
+    for worker in group:
+        worker.start(wait=False)
+    for worker in group:
+        worker.wait(worker.ready, 180, "the worker to start")
     started = time.perf_counter()
 
     def done() -> bool:
         nonlocal seen
-        accounted = int(sum(worker.events_accounted().values()))
+        accounted = int(sum(sum(worker.events_accounted().values()) for worker in group))
         advance(min(accounted, total) - seen)
         seen = min(accounted, total)
         if accounted < total:
             return False
-        return backlog(settings, settings.app_id, internal) == 0
-    worker.wait(done, 7200, "the worker through the whole backlog")
+        return backlog(settings, settings.app_id, watched) == 0
+    group[0].wait(done, 7200, "the workers through the whole backlog")
     seconds = time.perf_counter() - started
     want = expected_regions(events, scale=settings.target_scale)
 
     def equal() -> bool:  # the web view follows the region changelog: it may trail the table by a moment
-        return worker.comparable_regions() == want
+        return all(worker.comparable_regions() == want for worker in group)
     try:
-        worker.wait(equal, 60, "the region view to equal the fold")
+        group[0].wait(equal, 60, "the region view to equal the fold")
         same = True
     except AssertionError:
         same = False
-    return {"store": settings.store, "events": total, "seconds": round(seconds, 2),
-            "events_per_s": round(total / seconds), "peak_rss_mb": peak_rss_mb(worker.proc.pid),
-            "equal_to_fold": same}, worker
+    figures = {"store": settings.store, "workers": workers, "events": total, "seconds": round(seconds, 2),
+               "events_per_s": round(total / seconds), "peak_rss_mb": max(peak_rss_mb(w.proc.pid) for w in group),
+               "equal_to_fold": same}
+    for worker in group:
+        worker.stop()
+    return figures
 
 
 def log_time(log: Path, text: str) -> datetime:

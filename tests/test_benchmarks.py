@@ -24,10 +24,12 @@ def test_quick_benchmark_runs_every_part_and_results_equal_the_fold(kafka, regis
     assert (tmp_path / "quick.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     runs = results["throughput"]
     assert set(runs) == {"ceiling", "faust floor (no-op agent)", "faust floor (a table write per event)",
-                         "quix streams", "ours (memory)", "ours (rocksdb)"}
+                         "quix streams", "ours (memory)", "ours (rocksdb)", "ours (memory, two workers)"}
     assert all(run["events"] == results["workload"]["events"] for run in runs.values())
     assert [name for name, run in runs.items() if run.get("equal_to_fold") is False] == []
-    assert all(runs[name]["equal_to_fold"] for name in ("quix streams", "ours (memory)", "ours (rocksdb)"))
+    assert all(runs[name]["equal_to_fold"] for name in ("quix streams", "ours (memory)", "ours (rocksdb)",
+                                                        "ours (memory, two workers)"))
+    assert runs["ours (memory, two workers)"]["workers"] == 2
     mix = results["workload"]
     assert mix["Registration"] + mix["Contribution"] + mix["Claim"] == mix["events"]
     assert max(mix["by_region"], key=mix["by_region"].get) == "64.08"  # Kutai Timur largest (its own programme)

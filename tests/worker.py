@@ -31,12 +31,14 @@ class Service:
                     "METRICS_PORT": str(self.metrics_port), "SINK_METRICS_PORT": str(self.metrics_port), **env}
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 90):
+    def start(self, timeout: float = 90, wait: bool = True):
+        """Start the process; ``wait``: until it is ready (``ready``), at most ``timeout`` seconds."""
         # dies with the process that started it (the launcher's parent-death signal): a benchmark killed by its
         # test's timeout left two workers running for an hour beside the next CI runs
         self.proc = spawn([sys.executable, "-m", "streams.cli", self.command], self.log, env=self.env)
         RUNNING.append(self)
-        self.wait(self.ready, timeout, f"{self.command} to start")
+        if wait:
+            self.wait(self.ready, timeout, f"{self.command} to start")
         return self
 
     def ready(self) -> bool:
