@@ -1,6 +1,6 @@
-"""Each agent in-process, on a memory store: Faust's ``agent.test_context()`` feeds an agent events through a channel
-with its topic's own schema, while everything the agent sends goes to the real broker (its producer started here,
-no consumer group, no worker process). The stages are chained by hand: the records the ingest agents send are
+"""Each agent in-process, on a memory store: Faust's ``agent.test_context()`` feeds an agent events through a channel,
+each decoded by its topic's own schema, while everything the agent sends goes to the real broker (its producer
+started here, no consumer group, no worker process). The stages are chained by hand: the records the ingest agents send are
 read back from the broker and put into the participants agent, whose deltas are put into the regions agent; the
 region table must then equal the independent fold (tests/expected.py) — seconds, where a worker process takes a
 rebalance and a restore to get there."""
