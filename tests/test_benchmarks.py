@@ -72,3 +72,21 @@ def test_profile_hot_path_ranks_the_projects_functions_by_inclusive_time(tmp_pat
     assert names.count("recursive") == 1  # a recursive function counted once per path, not per frame
     seconds = {name: float(line.split()[0]) for name, line in zip(names, lines)}
     assert seconds["recursive"] <= seconds["busy"] <= seconds["outer"]
+
+
+@pytest.mark.timeout(300)
+def test_memory_only_mode_measures_the_rocksdb_worker_at_two_sizes(kafka, registry, postgres, tmp_path):
+    """``--memory-only`` (the issue's memory target on its own): the RocksDB worker on the backlog and on a tenth
+    of it, both equal to the fold, and the peak-RSS growth between them written and printed."""
+    done = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--memory-only", "--out", str(tmp_path),
+                           "--bootstrap", kafka.bootstrap, "--registry", registry.url,
+                           "--postgres", postgres.url("postgres")],
+                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=280)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads(next(tmp_path.glob("memory-*.json")).read_text())
+    small, big = results["memory"]
+    assert small["store"] == big["store"] == "rocksdb" and small["equal_to_fold"] and big["equal_to_fold"]
+    assert big["participants"] > 2 * small["participants"] and small["peak_rss_mb"] > 0 and big["peak_rss_mb"] > 0
+    growth, target = results["ratios"]["RocksDB RSS growth, 10x participants"]
+    assert growth == round(big["peak_rss_mb"] / small["peak_rss_mb"], 3) and target == "≤ 1.2"
+    assert "RocksDB RSS growth, 10x participants" in done.stdout
