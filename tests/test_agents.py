@@ -12,7 +12,6 @@ import contextlib
 from types import SimpleNamespace
 
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams import rules
 from streams.app import Topology, create_app
@@ -23,7 +22,7 @@ from streams.simulator import Scenario, SimEvent
 from streams.state import region_from_stored
 from streams.topics import app_topics, ensure_topics
 from tests.expected import comparable, expected_regions
-from tests.helpers import niks_in
+from tests.helpers import niks_in, read_all
 from tests.test_topology import publish
 
 SCALE = 0.002
@@ -42,22 +41,12 @@ async def in_process(settings: Settings):
 
 
 async def fetched(settings: Settings, topic: str) -> dict[int, list]:
-    """Every record of ``topic`` by partition, in offset order (aiokafka ``ConsumerRecord``s, as Faust's consumer
-    hands them over)."""
-    consumer = AIOKafkaConsumer(**settings.aiokafka_conf(), group_id=None, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in range(settings.topic_partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        out: dict[int, list] = {tp.partition: [] for tp in tps}
-        while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
-            for tp, records in (await consumer.getmany(timeout_ms=500)).items():
-                out[tp.partition] += records
-        return out
-    finally:
-        await consumer.stop()
+    """Every record of ``topic`` by partition, in offset order (tests/helpers.py ``read_all``, off the event loop;
+    kafka-python records carry what Faust's consumer hands over: topic, partition, offset, key, value)."""
+    out: dict[int, list] = {p: [] for p in range(settings.topic_partitions)}
+    for record in await asyncio.to_thread(read_all, settings.kafka_bootstrap_servers, topic):
+        out[record.partition].append(record)
+    return {p: sorted(records, key=lambda r: r.offset) for p, records in out.items()}
 
 
 async def run_agent(topo: Topology, name: str, messages: dict[int, list], timeout: float = 60) -> list:
@@ -120,7 +109,7 @@ def test_each_agent_in_process_equals_the_fold_and_a_replay_changes_nothing(sett
     read, pe, outcomes, deltas, changed, states, replay = asyncio.run(chain())
     assert read == len(events)
     dead = [e for e in events if e.expect == "dead_letter"]
-    letters = [r for records in asyncio.run(fetched(settings, settings.topics.dead_letter)).values() for r in records]
+    letters = read_all(settings.kafka_bootstrap_servers, settings.topics.dead_letter)
     assert collections.Counter(dict(r.headers)["dlq.reason"].decode() for r in letters) == \
         collections.Counter(e.fault for e in dead)
     internal = b"".join(r.value for records in [*pe.values(), *deltas.values()] for r in records)
