@@ -15,6 +15,7 @@ Each stage's agent is a module-level function of the topology (``ingest.agent``,
 from __future__ import annotations
 
 import asyncio
+import gc
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -53,6 +54,20 @@ class Topology:
     def input_partitions(self) -> list[str]:
         """Every input partition as a clock source ("topic:partition", as ingest names them)."""
         return [f"{topic}:{p}" for topic in self.settings.topics.inputs for p in range(self.settings.topic_partitions)]
+
+
+def tune_collector(settings: Settings) -> tuple[int, int, int]:
+    """The cyclic garbage collector of a worker process: CPython's thresholds for the young generations, a full
+    collection only every ``gc_full_every`` young ones. A full collection walks every container object: the
+    memory store's table values, Faust's and aiokafka's objects. By default it ran whenever the survivors of
+    young collections had grown by a quarter, which a filling table does again and again: on a 200k-event
+    backlog 36 full collections took 7.1 s of the worker's 21 s (9.6k events/s); with 1,000 none ran and the
+    same backlog took 14.4 s (14k events/s), peak RSS alike (2026-11-27, one run each, same broker). What is
+    freed by reference counting (nearly everything the stages allocate) never waits for a collection; cycles
+    are still collected young. Returns the thresholds before."""
+    before = gc.get_threshold()
+    gc.set_threshold(before[0], before[1], settings.gc_full_every)
+    return before
 
 
 def create_app(settings: Settings) -> Topology:

@@ -3,6 +3,7 @@ worker."""
 from __future__ import annotations
 
 import asyncio
+import gc
 from pathlib import Path
 
 from aiokafka.errors import IllegalStateError
@@ -49,9 +50,10 @@ def register(topo) -> None:
                          "target_scale": topo.settings.target_scale})
 
     async def livez(web, request):
-        """Liveness: the event loop answers (streams/probes.py); which event loop runs it."""
+        """Liveness: the event loop answers (streams/probes.py); which event loop runs it, and the garbage
+        collector's thresholds (streams/app.py tune_collector)."""
         loop = type(asyncio.get_running_loop()).__module__.split(".")[0]
-        return web.json({"status": "ok", "app": app.conf.id, "loop": loop})
+        return web.json({"status": "ok", "app": app.conf.id, "loop": loop, "gc": list(gc.get_threshold())})
 
     lag_known = {"value": False}
 

@@ -1,14 +1,17 @@
-"""Unit tier: the readiness answer, per-partition gauges that forget revoked partitions, the one retry policy, and
-which series each process registers."""
+"""Unit tier: the readiness answer, per-partition gauges that forget revoked partitions, the one retry policy,
+which series each process registers, and the worker's garbage-collector thresholds."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 
 import pytest
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 from streams import metrics
+from streams.app import tune_collector
+from streams.config import Settings
 from streams.metrics import PartitionGauge
 from streams.probes import readiness
 from streams.retrying import retrying, wait_policy
@@ -91,3 +94,17 @@ def test_the_firing_gauge_carries_kind_and_severity_and_forgets_resolved_alerts(
     text = generate_latest(metrics.WORKER_REGISTRY).decode()
     assert 'kind="CONTRIBUTIONS_STOPPED",region="64.99"' not in text
     assert 'jamsostek_region_alert_firing{kind="NO_REGISTRATIONS",region="64.99",severity="warning"} 1.0' in text
+
+
+def test_the_worker_s_collector_runs_full_collections_rarely_and_young_ones_as_cpython_does():
+    """streams/app.py tune_collector: only the third threshold changes (the worker's /livez shows it live:
+    test_topology.py)."""
+    before = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)
+        assert tune_collector(Settings(gc_full_every=1000)) == (700, 10, 10)
+        assert gc.get_threshold() == (700, 10, 1000)
+        tune_collector(Settings(gc_full_every=50))
+        assert gc.get_threshold() == (700, 10, 50)
+    finally:
+        gc.set_threshold(*before)

@@ -179,7 +179,8 @@ def test_web_views(run):
     assert missing.status_code == 404 and "Traceback" not in missing.text
     assert requests.get(worker.url("/healthz/"), timeout=5).json()["status"] == "ok"
     assert requests.get(worker.url("/livez"), timeout=5).json() | {"app": None} == \
-        {"status": "ok", "app": None, "loop": settings.event_loop}  # uvloop unless configured otherwise
+        {"status": "ok", "app": None, "loop": settings.event_loop,  # uvloop unless configured otherwise
+         "gc": [700, 10, settings.gc_full_every]}  # CPython's young thresholds, rare full collections
     worker.wait(lambda: requests.get(worker.url("/readyz"), timeout=5).status_code == 200, 60, "the worker ready")
     assert requests.get(worker.url("/readyz/"), timeout=5).json()["checks"] == {
         "assigned": True, "recovered": True, "read_model": True, "lag_known": True}
