@@ -64,7 +64,8 @@ def tune_collector(settings: Settings) -> tuple[int, int, int]:
     backlog 36 full collections took 7.1 s of the worker's 21 s (9.6k events/s); with 1,000 none ran and the
     same backlog took 14.4 s (14k events/s), peak RSS alike (2026-11-27, one run each, same broker). What is
     freed by reference counting (nearly everything the stages allocate) never waits for a collection; cycles
-    are still collected young. Returns the thresholds before."""
+    are still collected young: full collections forced every 2 s through a backlog found no unreachable object
+    at all, and took 0.08-0.24 s each (README, "Benchmark"). Returns the thresholds before."""
     before = gc.get_threshold()
     gc.set_threshold(before[0], before[1], settings.gc_full_every)
     return before
