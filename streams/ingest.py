@@ -14,7 +14,7 @@ from __future__ import annotations
 import collections
 import logging
 import time
-from functools import partial
+from functools import partial, update_wrapper
 
 from streams import demography, occupation, privacy, validation
 from streams.clock import DAY_MS, PartitionClock
@@ -146,4 +146,4 @@ def register(topo) -> None:
     for topic_name, record_name in topo.settings.topics.inputs.items():
         source = deliver_in_batches(topo.app, topic_name, topo.settings.batch_size)  # a RecordBatch per event
         topo.agents[f"ingest-{record_name.lower()}"] = topo.app.agent(source, name=f"ingest-{record_name.lower()}")(
-            partial(agent, topo, topic_name, record_name))
+            update_wrapper(partial(agent, topo, topic_name, record_name), agent))

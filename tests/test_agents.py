@@ -130,3 +130,13 @@ def test_each_agent_in_process_equals_the_fold_and_a_replay_changes_nothing(sett
     assert sum(again.values()) == sum(outcomes.values())
     assert sent_again == deltas_in(deltas)  # no delta sent again
     assert changed_again == [[]] * len(changed_again) and replayed == states
+
+
+def test_each_agent_is_labelled_by_its_stage_function(tmp_path):
+    """Faust labels an agent (log lines, the stacks dump) by its function: the stage's, not ``functools.partial``."""
+    topo = create_app(Settings(app_id="labels", state_dir=tmp_path))
+    labels = {name: agent.label for name, agent in topo.agents.items()}
+    assert set(labels) == {"ingest-registration", "ingest-contribution", "ingest-claim", "participants", "regions"}
+    for name, label in labels.items():
+        stage = "ingest" if name.startswith("ingest") else name
+        assert f"streams.{stage}.agent" in label and "partial" not in label, label
