@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import gc
 from dataclasses import dataclass, field
-from functools import partial
+from functools import partial, update_wrapper
 from typing import Any
 
 import faust
@@ -49,6 +49,12 @@ class Topology:
     #: a module-level function of its stage over this topology, so a test can run one in-process
     #: (``agent.test_context()``, tests/test_agents.py)
     agents: dict[str, Any] = field(default_factory=dict)
+
+    def add_agent(self, name: str, channel, stage, *args) -> None:
+        """Register ``stage`` (a stage module's ``agent(topo, *args, stream)``) as the Faust agent ``name`` on
+        ``channel``, bound to this topology and ``args``, and keep it in ``agents``. Labelled by the stage's
+        function (Faust's log lines, the stacks dump), not ``functools.partial``."""
+        self.agents[name] = self.app.agent(channel, name=name)(update_wrapper(partial(stage, self, *args), stage))
 
     @property
     def input_partitions(self) -> list[str]:

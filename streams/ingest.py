@@ -14,7 +14,6 @@ from __future__ import annotations
 import collections
 import logging
 import time
-from functools import partial, update_wrapper
 
 from streams import demography, occupation, privacy, validation
 from streams.clock import DAY_MS, PartitionClock
@@ -145,5 +144,4 @@ async def agent(topo, topic_name: str, record_name: str, stream):
 def register(topo) -> None:
     for topic_name, record_name in topo.settings.topics.inputs.items():
         source = deliver_in_batches(topo.app, topic_name, topo.settings.batch_size)  # a RecordBatch per event
-        topo.agents[f"ingest-{record_name.lower()}"] = topo.app.agent(source, name=f"ingest-{record_name.lower()}")(
-            update_wrapper(partial(agent, topo, topic_name, record_name), agent))
+        topo.add_agent(f"ingest-{record_name.lower()}", source, agent, topic_name, record_name)

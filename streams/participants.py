@@ -19,7 +19,6 @@ from __future__ import annotations
 import collections
 import time
 from dataclasses import dataclass, field
-from functools import partial, update_wrapper
 from typing import Callable, Iterable
 
 from streams import clock as clocks, faust_fixes, rules, state
@@ -149,5 +148,4 @@ def register(topo) -> None:
                 key=None, value=faust_fixes.json_value({"events": [{"kind": "Tick", "src": None, "at": 0}]}),
                 partition=partition)
 
-    topo.agents["participants"] = topo.app.agent(topo.participant_events, name="participants")(
-        update_wrapper(partial(agent, topo), agent))  # labelled (logs, the stacks dump) by this module's function
+    topo.add_agent("participants", topo.participant_events, agent)

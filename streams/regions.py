@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from functools import partial, update_wrapper
 
 from streams import alerts, clock, faust_fixes, rules, stall, state
 from streams.metrics import CLAIMS_PAID
@@ -97,4 +96,4 @@ async def agent(topo, stream):
 
 
 def register(topo) -> None:
-    topo.agents["regions"] = topo.app.agent(topo.region_deltas, name="regions")(update_wrapper(partial(agent, topo), agent))
+    topo.add_agent("regions", topo.region_deltas, agent)
