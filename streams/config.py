@@ -105,9 +105,7 @@ class Settings(BaseSettings):
     consumer_fetch_wait_ms: int = Field(100, ge=0, le=1500, description="longest the broker may hold a worker's "
                                         "fetch request that has no data yet (ms)")
     event_loop: Literal["uvloop", "asyncio"] = Field("uvloop", description="the worker's event loop")
-    # CPython runs a full (generation-2) collection whenever the objects that survived younger ones grew by a
-    # quarter: while the tables fill (a backlog, a first day) that was 35-36 full collections of an ever larger
-    # heap per 200k-event backlog, 7 s of a 21 s run (gc callbacks, 2026-11-27). streams/app.py tune_collector
+    # why (a third of the worker's time went to full collections of filling tables): streams/app.py tune_collector
     gc_full_every: int = Field(1000, ge=1, description="young (generation-1) collections between two full ones "
                                "at least (CPython's third threshold; its default: 10)")
     bulk_restore: bool = Field(True, description="restore tables from their changelogs in batches with a consumer "
