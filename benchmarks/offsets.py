@@ -74,8 +74,10 @@ def run_to_the_end(settings: Settings, command: list[str], group: str, total: in
         seen = 0
         try:
             while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"{what} exited ({proc.returncode}): see {log}")
+                if proc.poll() is not None:  # its last lines in the error: a run's work directory may be gone
+                    out.flush()
+                    tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
+                    raise RuntimeError(f"{what} exited ({proc.returncode}): see {log}; its last lines:\n{tail}")
                 try:
                     n = committed_offsets(settings.kafka_bootstrap_servers, group, inputs)
                 except Exception:  # the group does not exist before its first commit
