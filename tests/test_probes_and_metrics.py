@@ -14,7 +14,7 @@ from streams.app import tune_collector
 from streams.config import Settings
 from streams.metrics import PartitionGauge
 from streams.probes import readiness
-from streams.retrying import retrying, wait_policy
+from streams.retrying import retried, retrying, wait_policy
 
 
 def test_readiness_names_what_fails():
@@ -70,6 +70,62 @@ def test_retrying_retries_only_the_named_errors_and_gives_up_after_the_attempts(
     with pytest.raises(ValueError):  # not transient: raised at once
         asyncio.run(flaky(1, ValueError))
     assert len(calls) == 1
+
+
+def test_retried_retries_as_retrying_does_and_leaves_no_cyclic_garbage_when_the_first_call_succeeds(caplog):
+    """streams/retrying.py ``retried``: a first failure is tenacity's first attempt (logged, counted, backed off);
+    the happy path never enters tenacity, whose retry state is a nest of reference cycles (the sink wrote through
+    it once per batch)."""
+    calls, retries = [], []
+
+    async def flaky(fail: int, error: type[Exception]):
+        async def call():
+            calls.append(1)
+            if len(calls) <= fail:
+                raise error("down")
+            return "ok"
+        return await retried(call, "a flaky call", (ConnectionError,), logging.getLogger("t"), first=0.001,
+                             cap=0.002, attempts=4, on_retry=retries.append)
+
+    with caplog.at_level(logging.WARNING, logger="t"):
+        assert asyncio.run(flaky(2, ConnectionError)) == "ok" and len(calls) == 3
+    assert caplog.text.count("a flaky call failed (down); attempt") == 2 and len(retries) == 2
+    calls.clear()
+    with pytest.raises(ConnectionError):
+        asyncio.run(flaky(10, ConnectionError))
+    assert len(calls) == 4
+    calls.clear()
+    with pytest.raises(ValueError):  # not transient: raised at once
+        asyncio.run(flaky(1, ValueError))
+    assert len(calls) == 1
+
+    async def ok():
+        return 1
+
+    async def unreachable_after(calls_of) -> int:
+        """Objects the cyclic collector finds unreachable after 20 happy calls (none before them)."""
+        gc.collect()
+        for _ in range(20):
+            assert await calls_of() == 1
+        return gc.collect()
+
+    async def through_tenacity():
+        async for attempt in retrying("x", (ConnectionError,), logging.getLogger("t")):
+            with attempt:
+                return await ok()
+
+    async def both():
+        return (await unreachable_after(lambda: retried(ok, "x", (ConnectionError,), logging.getLogger("t"))),
+                await unreachable_after(through_tenacity))
+    enabled = gc.isenabled()
+    gc.disable()  # only the explicit collections count
+    try:
+        ours, tenacity = asyncio.run(both())
+    finally:
+        if enabled:
+            gc.enable()
+    assert tenacity > 0, "tenacity made no cycles: this check would not see any"
+    assert ours == 0
 
 
 def test_each_process_registers_only_its_own_series():

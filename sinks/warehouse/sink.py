@@ -32,7 +32,7 @@ from streams.config import Settings
 from streams.metrics import SINK_LAG, SINK_RECORDS, SINK_REGISTRY, SINK_RETRIES, SINK_WRITE, PartitionGauge
 from streams.probes import serve
 from streams.read_model import RegionReadModel
-from streams.retrying import retrying
+from streams.retrying import retried
 from streams.serde import AvroSerde, DecodeError
 
 log = logging.getLogger(__name__)
@@ -182,11 +182,11 @@ class WarehouseSink:
         def failed(_) -> None:
             self.database_ok = False
             SINK_RETRIES.inc()
-        async for attempt in retrying("warehouse write", (OperationalError, InterfaceError), log,
-                                      cap=self.settings.sink_max_backoff_seconds, on_retry=failed):
-            with attempt:
-                with SINK_WRITE.time():
-                    await asyncio.to_thread(self._write_sync, batch)
+        async def write() -> None:
+            with SINK_WRITE.time():
+                await asyncio.to_thread(self._write_sync, batch)
+        await retried(write, "warehouse write", (OperationalError, InterfaceError), log,
+                      cap=self.settings.sink_max_backoff_seconds, on_retry=failed)
         self.database_ok = True
 
     def _write_sync(self, batch: dict[Table, list[dict]]) -> None:
