@@ -83,8 +83,13 @@ def run_worker(settings: Settings, events: list[SimEvent], workdir: Path, advanc
         worker.wait(worker.ready, 180, "the worker to start")
     started = time.perf_counter()
 
+    def all_running() -> None:  # the waits below run on group[0], which checks only its own process
+        for worker in group[1:]:
+            assert worker.proc.poll() is None, f"a worker exited ({worker.proc.returncode}):\n{worker.tail()}"
+
     def done() -> bool:
         nonlocal seen
+        all_running()
         accounted = int(sum(sum(worker.events_accounted().values()) for worker in group))
         advance(min(accounted, total) - seen)
         seen = min(accounted, total)
@@ -102,6 +107,7 @@ def run_worker(settings: Settings, events: list[SimEvent], workdir: Path, advanc
         same = True
     except AssertionError:
         same = False
+    all_running()  # a view not equal because a worker died is a failed run, not a figure
     figures = {"store": settings.store, "workers": workers, "events": total, "seconds": round(seconds, 2),
                "events_per_s": round(total / seconds), "peak_rss_mb": max(peak_rss_mb(w.proc.pid) for w in group),
                "equal_to_fold": same}
