@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 from dataclasses import dataclass, field
 from functools import partial, update_wrapper
 from typing import Any
@@ -25,8 +26,11 @@ import faust
 from streams.config import Settings
 from streams import stacks
 from streams.faults import FaultPoints
-from streams.serde import AvroSerde
+from streams.retrying import retried
+from streams.serde import AvroSerde, RegistryUnavailable
 from streams.topics import CHANGELOG_CONFIG
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -140,6 +144,15 @@ def create_app(settings: Settings) -> Topology:
     participants.register(topo)
     regions.register(topo)
     web.register(topo)
+
+    @app.task
+    async def warm_schema_registry():
+        """The alert schema registered and the inputs' latest writer schemas fetched before the first records
+        need them, off the event loop (streams/serde.py ``AvroSerde.warm``); waits out a registry outage."""
+        ids = await retried(lambda: asyncio.to_thread(topo.serde.warm, {t.region_alerts: "RegionAlert"},
+                                                      dict(t.inputs)),
+                            "schema registry warm-up", (RegistryUnavailable,), log)
+        log.info("schema registry warmed: schema ids %s", ids)
 
     @app.task
     async def dump_tasks_on_sigusr1():  # after mode's Worker installed its own SIGUSR1 handler: replaces it

@@ -15,7 +15,7 @@ from confluent_kafka.schema_registry.error import SchemaRegistryError
 from confluent_kafka.serialization import MessageField, SerializationContext, StringSerializer
 
 from streams.launcher import SchemaRegistry
-from streams.serde import AvroSerde, contract_schemas
+from streams.serde import AvroSerde, RegistryUnavailable, contract_schemas
 from tests.helpers import read_all
 
 REGISTRATION = {
@@ -48,6 +48,24 @@ def test_confluent_avro_serializer_publishes_and_project_decodes(settings, serde
     assert f"{topic}-value" in client.get_subjects()
     latest = client.get_latest_version(f"{topic}-value")
     assert int.from_bytes(record.value[1:5], "big") == latest.schema_id
+
+
+def test_warm_registers_what_the_worker_produces_and_caches_what_it_consumes(settings, registry):
+    """streams/serde.py ``AvroSerde.warm`` (the worker's start-up task): the alert subject registered, the latest
+    writer schema of an input with records cached (its first record then decodes without asking the registry),
+    inputs with none yet skipped; a registry that does not answer is ``RegistryUnavailable`` (retried)."""
+    t = settings.topics
+    record = AvroSerde(registry.url).encode(t.registrations, "Registration", REGISTRATION)  # an upstream publisher
+    worker = AvroSerde(registry.url)
+    client = SchemaRegistryClient({"url": registry.url})
+    assert f"{t.region_alerts}-value" not in client.get_subjects()
+    ids = worker.warm({t.region_alerts: "RegionAlert"}, dict(t.inputs))
+    assert f"{t.region_alerts}-value" in client.get_subjects()
+    assert ids == [client.get_latest_version(f"{t.region_alerts}-value").schema_id, int.from_bytes(record[1:5], "big")]
+    worker.registry = None  # any registry call from here on would raise
+    assert worker.decode(record, "Registration") == REGISTRATION
+    with pytest.raises(RegistryUnavailable):
+        AvroSerde("http://127.0.0.1:9").warm({t.region_alerts: "RegionAlert"}, {})
 
 
 def test_incompatible_schema_is_refused(settings):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import re
 from datetime import datetime, timezone
 import uuid
 
@@ -182,6 +183,8 @@ def test_web_views(run):
         {"status": "ok", "app": None, "loop": settings.event_loop,  # uvloop unless configured otherwise
          "gc": [700, 10, settings.gc_full_every]}  # CPython's young thresholds, rare full collections
     worker.wait(lambda: requests.get(worker.url("/readyz"), timeout=5).status_code == 200, 60, "the worker ready")
+    # the alert schema and the three inputs' writer schemas, asked for at start (streams/serde.py ``warm``)
+    assert re.search(r"schema registry warmed: schema ids \[\d+, \d+, \d+, \d+\]", worker.log.read_text())
     assert requests.get(worker.url("/readyz/"), timeout=5).json()["checks"] == {
         "assigned": True, "recovered": True, "read_model": True, "lag_known": True}
     gauges = worker.metrics()
