@@ -87,6 +87,7 @@ async def agent(topo, topic_name: str, record_name: str, stream):
         last: dict[str, object] = {}  # mark -> its last event in the batch
         ticks: dict[str, int] = {}  # mark -> its clock, if it entered a new day in the batch
         now, latest = time.time(), topo.settings.latest_event_ms()
+        await topo.serde.fetch_writers(message.value for _, message in _records(events))  # off the loop
         for event, message in _records(events):
             mark = f"{topic_name}:{message.partition}"
             last[mark] = event

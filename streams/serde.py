@@ -8,6 +8,7 @@ change the binary encoding, and skipping datetime objects keeps the hot path che
 """
 from __future__ import annotations
 
+import asyncio
 import functools
 import io
 import json
@@ -164,6 +165,18 @@ class AvroSerde:
                 raise DecodeError("wrong_schema_type", f"schema id {schema_id} is {schema.schema_type}, not AVRO")
             parsed = self._writers[schema_id] = _parse(schema.schema_str)
         return parsed
+
+    async def fetch_writers(self, values) -> None:
+        """Fetch, off the event loop, the writer schemas of ``values`` (framed records) not cached yet, so that
+        decoding them does not call the (synchronous) registry client on the loop; the worker's ingest does this
+        per batch. What cannot be fetched now is left to ``decode`` (dead-letter or wait, as for any record)."""
+        wanted = {HEADER.unpack_from(v)[1] for v in values
+                  if v is not None and len(v) >= HEADER.size and v[0] == MAGIC}
+        for schema_id in wanted.difference(self._writers):
+            try:
+                await asyncio.to_thread(self.writer_schema, schema_id)
+            except (DecodeError, RegistryUnavailable):
+                pass
 
     def decode(self, data: bytes | None, record_name: str) -> dict:
         """Decode one framed value into a dict shaped by the project's ``record_name`` schema.

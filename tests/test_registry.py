@@ -68,6 +68,30 @@ def test_warm_registers_what_the_worker_produces_and_caches_what_it_consumes(set
         AvroSerde("http://127.0.0.1:9").warm({t.region_alerts: "RegionAlert"}, {})
 
 
+def test_fetch_writers_fetches_unknown_writer_schemas_off_the_event_loop(settings, registry):
+    """streams/serde.py ``fetch_writers`` (ingest, per batch): each writer schema not cached yet is fetched in a
+    thread, not on the loop; bad framing and unknown ids are left to ``decode`` (dead-lettered there)."""
+    import asyncio
+    import threading
+    from streams.serde import frame
+    record = AvroSerde(registry.url).encode(settings.topics.registrations, "Registration", REGISTRATION)
+    serde = AvroSerde(registry.url)
+    threads = []
+    get_schema = serde.registry.get_schema
+
+    def recording(schema_id, *args, **kwargs):  # the real registry call, noting where it runs
+        threads.append(threading.current_thread())
+        return get_schema(schema_id, *args, **kwargs)
+    serde.registry.get_schema = recording
+
+    async def batch():
+        await serde.fetch_writers([record, record, b"junk", None, frame(987654, b"")])
+        return threading.current_thread()
+    loop_thread = asyncio.run(batch())
+    assert len(threads) == 2 and loop_thread not in threads  # the record's id once, the unknown id once
+    assert serde.decode(record, "Registration") == REGISTRATION and len(threads) == 2  # cached: no call
+
+
 def test_incompatible_schema_is_refused(settings):
     client = SchemaRegistryClient({"url": settings.schema_registry_url})
     subject = f"{settings.topics.contributions}-value"
