@@ -149,8 +149,8 @@ def create_app(settings: Settings) -> Topology:
     async def warm_schema_registry():
         """The alert schema registered and the inputs' latest writer schemas fetched before the first records
         need them, off the event loop (streams/serde.py ``AvroSerde.warm``); waits out a registry outage."""
-        ids = await retried(lambda: asyncio.to_thread(topo.serde.warm, {t.region_alerts: "RegionAlert"},
-                                                      dict(t.inputs)),
+        warm = partial(topo.serde.warm, {t.region_alerts: "RegionAlert"}, list(t.inputs))
+        ids = await retried(lambda: asyncio.to_thread(warm),
                             "schema registry warm-up", (RegistryUnavailable,), log)
         log.info("schema registry warmed: schema ids %s", ids)
 

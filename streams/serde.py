@@ -15,7 +15,7 @@ import json
 import logging
 import struct
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import fastavro
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
@@ -120,7 +120,7 @@ class AvroSerde:
         fastavro.schemaless_writer(buf, self._readers[record_name], record)
         return frame(schema_id, buf.getvalue())
 
-    def warm(self, produced: dict[str, str], consumed: dict[str, str]) -> list[int]:
+    def warm(self, produced: dict[str, str], consumed: Iterable[str]) -> list[int]:
         """Ask the registry now for what the first records would otherwise ask for on their way: register the
         schema of each produced topic (topic -> record name), and fetch and parse the latest writer schema of each
         consumed topic's subject that has one yet. Returns the schema ids cached. Raises RegistryUnavailable.
