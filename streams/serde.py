@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import struct
+import time
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -95,15 +96,19 @@ def unframe(data: bytes | None) -> tuple[int, memoryview]:
 class AvroSerde:
     """Encode/decode contract records through a Confluent-compatible schema registry."""
 
-    def __init__(self, registry: str | SchemaRegistryClient, schemas: dict[str, dict] | None = None):
+    def __init__(self, registry: str | SchemaRegistryClient, schemas: dict[str, dict] | None = None,
+                 unknown_seconds: float = 5.0):
         """``schemas``: record name -> schema to write and read with; default: this checkout's schemas/avro.
-        (A consumer built from an older or newer contract passes its own.)"""
+        (A consumer built from an older or newer contract passes its own.) ``unknown_seconds``: how long a schema
+        id the registry did not have is taken as unknown without asking again."""
+        self.unknown_seconds = unknown_seconds
         self.registry = registry if isinstance(registry, SchemaRegistryClient) else SchemaRegistryClient({"url": registry})
         self._schemas = dict(contract_schemas()) | (schemas or {})
         self._readers = {name: _parse(schema) for name, schema in self._schemas.items()}
         self._writers: dict[int, dict] = {}
         self._resolution: dict[tuple[int, str], dict | None] = {}  # (writer id, record name) -> reader schema
         self._ids: dict[tuple[str, str], int] = {}
+        self._unknown: dict[int, float] = {}  # schema id the registry did not have -> until when to believe it
 
     # -- producing ------------------------------------------------------------------------------
     def register(self, subject: str, record_name: str) -> int:
@@ -151,12 +156,20 @@ class AvroSerde:
 
     # -- consuming ------------------------------------------------------------------------------
     def writer_schema(self, schema_id: int) -> dict:
+        """The parsed writer schema of ``schema_id``, cached. An id the registry does not have is remembered as
+        such for ``unknown_seconds`` (its records are dead-lettered as ``unknown_schema_id`` meanwhile without
+        asking again: ingest's prefetch and then its decode would each have asked, on a flood of such records)."""
         parsed = self._writers.get(schema_id)
         if parsed is None:
+            if self._unknown.get(schema_id, 0.0) > time.monotonic():
+                raise DecodeError("unknown_schema_id", f"schema id {schema_id} is not in the registry")
             try:
                 schema = self.registry.get_schema(schema_id)
             except SchemaRegistryError as exc:
                 if exc.http_status_code == 404:
+                    if len(self._unknown) >= 10_000:  # a flood of random ids: forget, stay bounded
+                        self._unknown.clear()
+                    self._unknown[schema_id] = time.monotonic() + self.unknown_seconds
                     raise DecodeError("unknown_schema_id", f"schema id {schema_id} is not in the registry") from None
                 raise RegistryUnavailable(str(exc)) from exc
             except Exception as exc:  # connection refused, timeout: the record is fine, the registry is not

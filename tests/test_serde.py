@@ -33,10 +33,30 @@ def test_framing_errors(serde):
         assert err.value.reason == "bad_framing"
 
 
-def test_unknown_schema_id(serde):
-    with pytest.raises(DecodeError) as err:
-        serde.decode(frame(2_000_000_000, b"\x02"), "Claim")
-    assert err.value.reason == "unknown_schema_id"
+def test_unknown_schema_id(registry):
+    """Dead-lettered as ``unknown_schema_id``; the registry is asked once per id within ``unknown_seconds``
+    (ingest's prefetch, then its decode, then every other record with that id), and again after."""
+    import asyncio
+    import time
+    serde = AvroSerde(registry.url, unknown_seconds=1.0)
+    asked = []
+    get_schema = serde.registry.get_schema
+
+    def counting(schema_id, *args, **kwargs):  # the real registry call, counted
+        asked.append(schema_id)
+        return get_schema(schema_id, *args, **kwargs)
+    serde.registry.get_schema = counting
+    record = frame(2_000_000_000, b"\x02")
+    asyncio.run(serde.fetch_writers([record]))
+    for _ in range(3):
+        with pytest.raises(DecodeError) as err:
+            serde.decode(record, "Claim")
+        assert err.value.reason == "unknown_schema_id"
+    assert asked == [2_000_000_000]
+    time.sleep(1.1)
+    with pytest.raises(DecodeError):
+        serde.decode(record, "Claim")
+    assert asked == [2_000_000_000] * 2
 
 
 def test_truncated_body_and_trailing_bytes(serde, settings):
