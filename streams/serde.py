@@ -67,6 +67,17 @@ def _parse(schema: dict | str) -> dict:
     return parse_schema(_without_logical_types(schema))
 
 
+def registry_client(url: str, timeout: float = 10.0, retries: int | None = None) -> SchemaRegistryClient:
+    """A registry client whose every request is bounded: the client's default has no timeout at all, and a
+    request Apicurio never answered (seen under CI load, 2026-11-27: the registry idle, the connection open, no
+    reply) held its caller forever. A timed-out request is retried by the client (``max.retries``, its default
+    3, with backoff) like a refused connection."""
+    conf = {"url": url, "timeout": timeout}
+    if retries is not None:
+        conf["max.retries"] = retries
+    return SchemaRegistryClient(conf)
+
+
 class DecodeError(ValueError):
     """A record that can never be decoded: it belongs on the dead-letter topic under ``reason``."""
 
@@ -102,7 +113,7 @@ class AvroSerde:
         (A consumer built from an older or newer contract passes its own.) ``unknown_seconds``: how long a schema
         id the registry did not have is taken as unknown without asking again."""
         self.unknown_seconds = unknown_seconds
-        self.registry = registry if isinstance(registry, SchemaRegistryClient) else SchemaRegistryClient({"url": registry})
+        self.registry = registry if isinstance(registry, SchemaRegistryClient) else registry_client(registry)
         self._schemas = dict(contract_schemas()) | (schemas or {})
         self._readers = {name: _parse(schema) for name, schema in self._schemas.items()}
         self._writers: dict[int, dict] = {}

@@ -7,12 +7,11 @@ import json
 import random
 
 from confluent_kafka import Producer
-from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from streams.config import Settings
-from streams.serde import contract_schemas
+from streams.serde import contract_schemas, registry_client
 from streams.simulator import Scenario
 from streams.topics import ensure_topics
 from tests.conftest import unique
@@ -32,7 +31,7 @@ def publish_shuffled(settings: Settings, events, days: int, seed: int) -> dict[t
     shuffled = sorted(events, key=lambda e: e.occurred_at + rng.uniform(0, days * DAY))
     ensure_topics(settings)
     # a bounded wait per request: a registry call that hung under CI load once held this test for its 300 s limit
-    registry = SchemaRegistryClient({"url": settings.schema_registry_url, "timeout": 20, "max.retries": 5})
+    registry = registry_client(settings.schema_registry_url, timeout=20, retries=5)
     schemas = contract_schemas()
     topic_of = {name: topic for topic, name in settings.topics.inputs.items()}
     serializers = {name: AvroSerializer(registry, json.dumps(schemas[name])) for name in topic_of}

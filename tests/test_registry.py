@@ -9,13 +9,13 @@ import uuid
 import pytest
 import requests
 from confluent_kafka import Producer
-from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+from confluent_kafka.schema_registry import Schema
 from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 from confluent_kafka.serialization import MessageField, SerializationContext, StringSerializer
 
 from streams.launcher import SchemaRegistry
-from streams.serde import AvroSerde, RegistryUnavailable, contract_schemas
+from streams.serde import AvroSerde, RegistryUnavailable, contract_schemas, registry_client
 from tests.helpers import read_all
 
 REGISTRATION = {
@@ -35,7 +35,7 @@ def v2_registration() -> dict:
 def test_confluent_avro_serializer_publishes_and_project_decodes(settings, serde):
     """An upstream publisher with stock confluent-kafka (no project code) → the project's serde."""
     topic = settings.topics.registrations
-    client = SchemaRegistryClient({"url": settings.schema_registry_url})
+    client = registry_client(settings.schema_registry_url)
     serializer = AvroSerializer(client, json.dumps(contract_schemas()["Registration"]))
     producer = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers})
     value = serializer(REGISTRATION, SerializationContext(topic, MessageField.VALUE))
@@ -57,7 +57,7 @@ def test_warm_registers_what_the_worker_produces_and_caches_what_it_consumes(set
     t = settings.topics
     record = AvroSerde(registry.url).encode(t.registrations, "Registration", REGISTRATION)  # an upstream publisher
     worker = AvroSerde(registry.url)
-    client = SchemaRegistryClient({"url": registry.url})
+    client = registry_client(registry.url)
     assert f"{t.region_alerts}-value" not in client.get_subjects()
     ids = worker.warm({t.region_alerts: "RegionAlert"}, dict(t.inputs))
     assert f"{t.region_alerts}-value" in client.get_subjects()
@@ -65,7 +65,7 @@ def test_warm_registers_what_the_worker_produces_and_caches_what_it_consumes(set
     worker.registry = None  # any registry call from here on would raise
     assert worker.decode(record, "Registration") == REGISTRATION
     with pytest.raises(RegistryUnavailable):
-        AvroSerde("http://127.0.0.1:9").warm({t.region_alerts: "RegionAlert"}, {})
+        AvroSerde(registry_client("http://127.0.0.1:9", retries=0)).warm({t.region_alerts: "RegionAlert"}, [])
 
 
 def test_fetch_writers_fetches_unknown_writer_schemas_off_the_event_loop(settings, registry):
@@ -93,7 +93,7 @@ def test_fetch_writers_fetches_unknown_writer_schemas_off_the_event_loop(setting
 
 
 def test_incompatible_schema_is_refused(settings):
-    client = SchemaRegistryClient({"url": settings.schema_registry_url})
+    client = registry_client(settings.schema_registry_url)
     subject = f"{settings.topics.contributions}-value"
     client.register_schema(subject, Schema(json.dumps(contract_schemas()["Contribution"]), "AVRO"))
     broken = copy.deepcopy(contract_schemas()["Contribution"])
@@ -140,7 +140,7 @@ def test_the_returned_claim_status_is_a_backward_compatible_evolution(settings, 
     old = old_reader.encode(topic, "Claim", claim)  # the previous version registered first
     returned = current.encode(topic, "Claim", {**claim, "status": "RETURNED"})  # accepted as the next version
     assert old[1:5] != returned[1:5]
-    client = SchemaRegistryClient({"url": registry.url})
+    client = registry_client(registry.url)
     assert len(client.get_versions(f"{topic}-value")) == 2
     assert current.decode(old, "Claim") == {**claim, "death": None}  # a later optional field: its default
     assert current.decode(returned, "Claim")["status"] == "RETURNED"
@@ -194,7 +194,7 @@ def test_funders_evolve_compatibly_and_the_next_funder_reads_as_other(settings, 
     old = old_reader.encode(topic, "Registration", REGISTRATION)
     dbh = current.encode(topic, "Registration", {**REGISTRATION, "funding_source": "DBH"})
     zakat = later.encode(topic, "Registration", {**REGISTRATION, "funding_source": "ZAKAT"})
-    client = SchemaRegistryClient({"url": registry.url})
+    client = registry_client(registry.url)
     assert len(client.get_versions(f"{topic}-value")) == 3
     assert current.decode(old, "Registration") == REGISTRATION
     assert current.decode(dbh, "Registration")["funding_source"] == "DBH"

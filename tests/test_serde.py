@@ -33,6 +33,23 @@ def test_framing_errors(serde):
         assert err.value.reason == "bad_framing"
 
 
+def test_a_registry_that_never_answers_is_unavailable_not_a_hang():
+    """streams/serde.py ``registry_client``: every request is bounded (the client's default waits forever; a
+    request Apicurio never answered once held a test for its whole time limit). A server on loopback that accepts
+    and never replies: the lookup gives up after the timeout and the client's retries, as ``RegistryUnavailable``
+    (which the worker retries), instead of blocking its caller."""
+    import socket
+    import time
+    from streams.serde import registry_client
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # the kernel accepts; nobody ever reads or answers
+        silent.listen(16)
+        serde = AvroSerde(registry_client(f"http://127.0.0.1:{silent.getsockname()[1]}", timeout=0.3, retries=1))
+        started = time.monotonic()
+        with pytest.raises(RegistryUnavailable):
+            serde.writer_schema(1)
+        assert time.monotonic() - started < 10  # two attempts of 0.3 s and a backoff (≤ 1 s jittered)
+
+
 def test_unknown_schema_id(registry):
     """Dead-lettered as ``unknown_schema_id``; the registry is asked once per id within ``unknown_seconds``
     (ingest's prefetch, then its decode, then every other record with that id), and again after."""
