@@ -15,6 +15,7 @@ Each stage's agent is a module-level function of the topology (``ingest.agent``,
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import gc
 import logging
 from dataclasses import dataclass, field
@@ -79,6 +80,28 @@ def tune_collector(settings: Settings) -> tuple[int, int, int]:
     before = gc.get_threshold()
     gc.set_threshold(before[0], before[1], settings.gc_full_every)
     return before
+
+
+M_ARENA_MAX = -8  # glibc's malloc.h
+
+
+def tune_allocator(settings: Settings) -> bool:
+    """At most ``malloc_arena_max`` glibc malloc arenas (glibc's default: 8 per core). Each thread that allocates
+    (Faust's consumer thread, RocksDB's background threads, the executor's) gets an arena of its own up to that
+    limit, and memory freed in one arena serves no other: the RocksDB worker's peak RSS grew with the data it had
+    churned through, not with what it held — tracemalloc's traced Python heap stayed at 80–120 MB from 20k to 200k
+    participants while RSS rose. ``--memory-only --events 1000000`` (RocksDB, 20k → 200k participants), one run
+    each, 2026-11-28: default arenas 274 → 451 MB (1.64×), two arenas 276 → 353 MB (1.28×), with throughput alike
+    (1M events in 1 min 30 s / 1 min 21 s). Call before the worker starts its threads (arenas already made stay).
+    Returns whether the limit was set (glibc only)."""
+    if settings.malloc_arena_max == 0:
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc
+        return False
+    return bool(mallopt(M_ARENA_MAX, settings.malloc_arena_max))
 
 
 def create_app(settings: Settings) -> Topology:

@@ -203,12 +203,13 @@ def worker(config: Optional[Path] = ConfigOpt,
            loglevel: LogLevel = LogLevelOpt) -> None:
     """Run a stream worker: decode, validate, keep the participant and region tables, serve /regions and /metrics."""
     import faulthandler
-    from streams.app import create_app, tune_collector
+    from streams.app import create_app, tune_allocator, tune_collector
     from streams.topics import app_topics, ensure_topics
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # until the loop runs: then streams/stacks.py's dump
     privacy.install_log_scrubber()
     s = settings_from(config)
     tune_collector(s)  # before the tables fill (streams/app.py)
+    tune_allocator(s)  # before any thread starts (streams/app.py)
     if s.event_loop == "uvloop":  # EVENT_LOOP=asyncio to go back (docs/reliability.md, "Open")
         import mode.loop
         mode.loop.use("uvloop")  # before Faust creates its loop (and its consumer thread's)

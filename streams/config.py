@@ -108,6 +108,9 @@ class Settings(BaseSettings):
     # why (a third of the worker's time went to full collections of filling tables): streams/app.py tune_collector
     gc_full_every: int = Field(1000, ge=1, description="young (generation-1) collections between two full ones "
                                "at least (CPython's third threshold; its default: 10)")
+    # why (the RocksDB worker's peak RSS at 10x participants): streams/app.py tune_allocator
+    malloc_arena_max: int = Field(2, ge=0, description="glibc malloc arenas at most (0: glibc's default, 8 per "
+                                  "core); set when the worker starts, before its threads")
     bulk_restore: bool = Field(True, description="restore tables from their changelogs in batches with a consumer "
                                "of our own (streams/faust_fixes.py restore_in_bulk); false: Faust's own loop")
     profile_path: Path | None = Field(None, description="write a pyinstrument CPU profile of the worker here "

@@ -164,3 +164,33 @@ def test_the_worker_s_collector_runs_full_collections_rarely_and_young_ones_as_c
         assert gc.get_threshold() == (700, 10, 50)
     finally:
         gc.set_threshold(*before)
+
+
+ARENAS_SCRIPT = """
+import ctypes, sys, threading
+from streams.app import tune_allocator
+from streams.config import Settings
+print(tune_allocator(Settings(malloc_arena_max=int(sys.argv[1]))))
+def churn():
+    kept = [bytearray(200) for _ in range(20000)]  # small blocks: from the thread's arena, not mmap
+    del kept
+threads = [threading.Thread(target=churn) for _ in range(6)]
+for t in threads: t.start()
+for t in threads: t.join()
+ctypes.CDLL(None).malloc_stats()  # one "Arena n:" block per arena, on stderr
+"""
+
+
+def test_the_worker_s_allocator_keeps_to_its_arena_limit():
+    """streams/app.py tune_allocator: with ``malloc_arena_max`` 2, six allocating threads share two glibc arenas;
+    with 0 (glibc's default, 8 per core) they get more. A process of its own: arenas made stay made."""
+    import subprocess
+    import sys
+
+    def arenas(limit: int) -> tuple[str, int]:
+        done = subprocess.run([sys.executable, "-c", ARENAS_SCRIPT, str(limit)], capture_output=True, text=True,
+                              timeout=60, check=True)
+        return done.stdout.strip(), done.stderr.count("Arena ")
+    assert arenas(2) == ("True", 2)
+    applied, default = arenas(0)
+    assert applied == "False" and default > 2
