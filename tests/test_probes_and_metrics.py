@@ -171,8 +171,10 @@ import ctypes, sys, threading
 from streams.app import tune_allocator
 from streams.config import Settings
 print(tune_allocator(Settings(malloc_arena_max=int(sys.argv[1]))))
+together = threading.Barrier(6)
 def churn():
     kept = [bytearray(200) for _ in range(20000)]  # small blocks: from the thread's arena, not mmap
+    together.wait()  # all six alive at once: an exited thread's arena would be handed to the next one
     del kept
 threads = [threading.Thread(target=churn) for _ in range(6)]
 for t in threads: t.start()
