@@ -90,10 +90,10 @@ def tune_allocator(settings: Settings) -> bool:
     (Faust's consumer thread, RocksDB's background threads, the executor's) gets an arena of its own up to that
     limit, and memory freed in one arena serves no other: the RocksDB worker's peak RSS grew with the data it had
     churned through, not with what it held — tracemalloc's traced Python heap stayed at 80–120 MB from 20k to 200k
-    participants while RSS rose. ``--memory-only --events 1000000`` (RocksDB, 20k → 200k participants), one run
-    each, 2026-11-28: default arenas 274 → 451 MB (1.64×), two arenas 276 → 353 MB (1.28×), with throughput alike
-    (1M events in 1 min 30 s / 1 min 21 s). Call before the worker starts its threads (arenas already made stay).
-    Returns whether the limit was set (glibc only)."""
+    participants while RSS rose. Peak RSS at 20k → 200k participants (``--memory-only --events 1000000``, RocksDB,
+    one run each, 2026-11-28): glibc's default 1.64× and 1.50×, two arenas 1.23–1.28× (README, "Benchmark"), the
+    1M-event backlog as fast. Call before the worker starts its threads (arenas already made stay). Returns
+    whether the limit was set (glibc only)."""
     if settings.malloc_arena_max == 0:
         return False
     try:
