@@ -47,35 +47,9 @@ def test_the_wait_grows_exponentially_with_jitter_up_to_the_cap():
     assert all(w == 8.0 for samples in waits[5:] for w in samples)  # capped
 
 
-def test_retrying_retries_only_the_named_errors_and_gives_up_after_the_attempts(caplog):
-    calls = []
-
-    async def flaky(fail: int, error: type[Exception]):
-        async for attempt in retrying("a flaky call", (ConnectionError,), logging.getLogger("t"), first=0.001,
-                                      cap=0.002, attempts=4):
-            with attempt:
-                calls.append(1)
-                if len(calls) <= fail:
-                    raise error("down")
-                return "ok"
-
-    with caplog.at_level(logging.WARNING, logger="t"):
-        assert asyncio.run(flaky(2, ConnectionError)) == "ok" and len(calls) == 3
-    assert caplog.text.count("a flaky call failed (down); attempt") == 2
-    calls.clear()
-    with pytest.raises(ConnectionError):
-        asyncio.run(flaky(10, ConnectionError))
-    assert len(calls) == 4
-    calls.clear()
-    with pytest.raises(ValueError):  # not transient: raised at once
-        asyncio.run(flaky(1, ValueError))
-    assert len(calls) == 1
-
-
-def test_retried_retries_as_retrying_does_and_leaves_no_cyclic_garbage_when_the_first_call_succeeds(caplog):
-    """streams/retrying.py ``retried``: a first failure is tenacity's first attempt (logged, counted, backed off);
-    the happy path never enters tenacity, whose retry state is a nest of reference cycles (the sink wrote through
-    it once per batch)."""
+def assert_retries_only_the_named_errors_and_gives_up_after_the_attempts(caplog, retry) -> None:
+    """``retry(call, on_retry)`` runs ``call`` through one of streams/retrying.py's forms (4 attempts, errors
+    named: ConnectionError): two failures then a success, too many failures, a failure not named."""
     calls, retries = [], []
 
     async def flaky(fail: int, error: type[Exception]):
@@ -84,8 +58,7 @@ def test_retried_retries_as_retrying_does_and_leaves_no_cyclic_garbage_when_the_
             if len(calls) <= fail:
                 raise error("down")
             return "ok"
-        return await retried(call, "a flaky call", (ConnectionError,), logging.getLogger("t"), first=0.001,
-                             cap=0.002, attempts=4, on_retry=retries.append)
+        return await retry(call, retries.append)
 
     with caplog.at_level(logging.WARNING, logger="t"):
         assert asyncio.run(flaky(2, ConnectionError)) == "ok" and len(calls) == 3
@@ -98,6 +71,27 @@ def test_retried_retries_as_retrying_does_and_leaves_no_cyclic_garbage_when_the_
     with pytest.raises(ValueError):  # not transient: raised at once
         asyncio.run(flaky(1, ValueError))
     assert len(calls) == 1
+
+
+POLICY = {"first": 0.001, "cap": 0.002, "attempts": 4}
+
+
+def test_retrying_retries_only_the_named_errors_and_gives_up_after_the_attempts(caplog):
+    async def through_retrying(call, on_retry):
+        async for attempt in retrying("a flaky call", (ConnectionError,), logging.getLogger("t"), **POLICY,
+                                      on_retry=on_retry):
+            with attempt:
+                return await call()
+    assert_retries_only_the_named_errors_and_gives_up_after_the_attempts(caplog, through_retrying)
+
+
+def test_retried_retries_as_retrying_does_and_leaves_no_cyclic_garbage_when_the_first_call_succeeds(caplog):
+    """streams/retrying.py ``retried``: a first failure is tenacity's first attempt (logged, counted, backed off);
+    the happy path never enters tenacity, whose retry state is a nest of reference cycles (the sink wrote through
+    it once per batch)."""
+    assert_retries_only_the_named_errors_and_gives_up_after_the_attempts(
+        caplog, lambda call, on_retry: retried(call, "a flaky call", (ConnectionError,), logging.getLogger("t"),
+                                               **POLICY, on_retry=on_retry))
 
     async def ok():
         return 1
