@@ -194,8 +194,12 @@ class AvroSerde:
         """Fetch, off the event loop, the writer schemas of ``values`` (framed records) not cached yet, so that
         decoding them does not call the (synchronous) registry client on the loop; the worker's ingest does this
         per batch. What cannot be fetched now is left to ``decode`` (dead-letter or wait, as for any record)."""
-        wanted = {HEADER.unpack_from(v)[1] for v in values
-                  if v is not None and len(v) >= HEADER.size and v[0] == MAGIC}
+        wanted = set()
+        for value in values:
+            try:
+                wanted.add(unframe(value)[0])
+            except DecodeError:  # bad framing: dead-lettered by decode
+                continue
         for schema_id in wanted.difference(self._writers):
             try:
                 await asyncio.to_thread(self.writer_schema, schema_id)
