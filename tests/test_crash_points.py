@@ -104,7 +104,6 @@ def test_kills_at_every_worst_point_under_load_leave_the_tables_exact(kafka, reg
             killed.append(point)
         worker = finish(settings, tmp_path, len(events))
         try:
-            assert len(killed) >= len(points) - 1, f"only {killed} were reached before the end"
             assert set(killed) == {point for point, _ in points}, f"a point never reached: {killed}"
             assert_regions_soon(worker, expected_regions(events, scale=SCALE), 180)
         finally:
