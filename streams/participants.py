@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from streams import clock as clocks, faust_fixes, rules, state
+from streams import clock as clocks, delta_sums, faust_fixes, rules, state
 from streams.metrics import EVENTS
 from streams.reference import regions as reference_regions
 from streams.topics import acknowledged, send_batch
@@ -46,14 +46,16 @@ def fold_message(values: list[dict], partition: int, offset: int,
                  stored_clock: dict | None, codes: Iterable[str], input_partitions: list[str], now: float,
                  started: float, idle_seconds: float) -> Folded:
     """Pure: fold one message's events (and ticks) over the participants' states (``state_of``: the durable
-    state of a key). Every delta an event causes gets ``src`` = [partition, offset, index], numbered in message
-    order: a re-read of the message after a crash produces a subset of the same deltas (those of participants
+    state of a key). The deltas the events cause go out summed, one per region between ticks
+    (streams/delta_sums.py); every delta is numbered in message order, and a sum's ``src`` =
+    [partition, offset, index] is the number of its last: a re-read of the message after a crash produces a subset of the same deltas (those of participants
     whose state was not durable), each with an index no larger than the first time's last. Ticks are numbered -1
     and do not count: whether a tick passes depends on wall time (idle sources), so a re-read may pass one the
     first read did not, and numbered like the others it shifted the events' deltas past what the region stage
     had applied — which then applied them again (the 200k drill: 10 claims counted twice, 2026-11-25)."""
     out = Folded()
     index = 0
+    sums: dict[str, dict] = {}  # region -> its open sum (delta_sums): closed by a tick
     for value in values:
         if value["kind"] == "Tick":
             out.clock, forward = clocks.fold_source_tick(
@@ -62,6 +64,7 @@ def fold_message(values: list[dict], partition: int, offset: int,
             if forward is not None:  # index -1: a tick must not shift the numbering of the counted deltas
                 for code in codes:
                     out.deltas[code].append({"k": "tick", "at": forward, "src": [partition, offset, -1]})
+                sums = {}  # whether an event's day is a correction depends on the ticks before it
             continue
         key = value["key"]
         current = out.states[key] if key in out.states else state_of(key)
@@ -70,9 +73,14 @@ def fold_message(values: list[dict], partition: int, offset: int,
         if duplicate:
             continue
         for delta in new:
-            delta["src"] = [partition, offset, index]
+            region = delta["region"]
+            total = sums.get(region)
+            if total is None:
+                total = sums[region] = delta_sums.new(region)
+                out.deltas[region].append(total)
+            delta_sums.add(total, delta)
+            total["src"] = [partition, offset, index]  # the last delta's number: the replay rule's
             index += 1
-            out.deltas[delta["region"]].append(delta)
         out.states[key] = current
     return out
 

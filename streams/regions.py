@@ -1,7 +1,9 @@
 """Stage 3: per-region aggregates in a table partitioned by region (read everywhere through read_model.py), and
 stall detection on the region's low watermark (streams/stall.py), raising alerts through streams/alerts.py.
 
-Each message is a batch of one region's deltas from one participant-events message; the stage takes up to
+Each message is a batch of one region's deltas from one participant-events message, summed between ticks
+(streams/delta_sums.py; a message written before sums holds one delta per event, applied as before); the stage
+takes up to
 ``batch_messages`` messages at once and applies each region's deltas from all of them on one copy of its state,
 written once (a region's state is its whole aggregate: copying and writing it per message cost more than the
 deltas did)."""
@@ -10,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from streams import alerts, clock, faust_fixes, rules, stall, state
+from streams import alerts, clock, delta_sums, faust_fixes, rules, stall, state
 from streams.metrics import CLAIMS_PAID
 from streams.reference import reference
 from streams.topics import acknowledged
@@ -23,7 +25,7 @@ class Applied:
 
     stats: state.RegionState | None
     transitions: list[dict] = field(default_factory=list)
-    paid: list[dict] = field(default_factory=list)
+    paid: list[tuple[str, int]] = field(default_factory=list)  # (programme, rupiah) of the claims paid
 
 
 def apply_message(stored: dict | None, deltas: list[dict], region, settings, partitions: int,
@@ -41,7 +43,13 @@ def apply_message(stored: dict | None, deltas: list[dict], region, settings, par
             continue
         if tick and delta["at"] <= stats.wm.get(str(partition), 0):
             continue  # nothing new
-        rules.apply_delta_in_place(stats, delta, region, settings.target_scale)
+        if delta["k"] == delta_sums.SUM:
+            delta_sums.apply_in_place(stats, delta)
+            out.paid += delta.get("paid_claims", {}).items()
+        else:  # a tick, or one event's delta (written by a worker before sums)
+            rules.apply_delta_in_place(stats, delta, region, settings.target_scale)
+            if delta["k"] == "claim" and delta["status"] == "PAID":
+                out.paid.append((delta["program"], delta["amount"]))
         changed = True
         if not tick:
             stats.applied[str(partition)] = [offset, index]
@@ -49,8 +57,6 @@ def apply_message(stored: dict | None, deltas: list[dict], region, settings, par
         if low is not None:
             out.transitions += stall.advance(stats, region, low, settings.stall, settings.grace_months,
                                              settings.target_scale, end_day)
-        elif delta["k"] == "claim" and delta["status"] == "PAID":
-            out.paid.append(delta)
     if not changed:
         out.stats = None
     return out
@@ -90,8 +96,8 @@ async def agent(topo, stream):
             with faust_fixes.routed_by(event):
                 topo.regions[code] = state.stored(applied.stats)
             await topo.faults.reached("regions:state-durable", topo.app.producer)
-            for delta in applied.paid:
-                CLAIMS_PAID.labels(code, delta["program"]).inc(delta["amount"])
+            for program, amount in applied.paid:
+                CLAIMS_PAID.labels(code, program).inc(amount)
         yield len(events), [code for code, _, _ in changed]
 
 

@@ -111,12 +111,12 @@ def record(stats: RegionState, delta: dict) -> None:
                 f"{delta['from'] if kind == 'pt' else ''}>{delta['pt'] if kind == 'reg' else delta['to']}")
         # per cohort and funder ("VULNERABLE_WORKER|APBD_PROVINCE"): the per-funder rule needs them as of a day too
         group = f"{delta['cohort']}|{delta['funding']}" if delta.get("funding") else delta["cohort"]
-        _add_moves(_ahead(stats), {group: {move: 1}})  # before ``recent`` changes: _ahead may sum it
+        add_moves(ahead_of(stats), {group: {move: 1}})  # before ``recent`` changes: ahead_of may sum it
         moves = stats.recent.setdefault(day, {}).setdefault(group, {})
         moves[move] = moves.get(move, 0) + 1
 
 
-def _ahead(stats: RegionState) -> dict:
+def ahead_of(stats: RegionState) -> dict:
     """Every move in ``recent`` summed per group and move (what ``_as_of`` undoes first), kept with the state:
     undoing each day's moves in turn cost each evaluated day as much as all the days the region's data is ahead
     of its low watermark (a backlog: weeks). States written before 2026-11-26 lack it: summed on first use."""
@@ -124,11 +124,11 @@ def _ahead(stats: RegionState) -> dict:
     if ahead is None:
         ahead = stats.ahead = {}
         for groups in stats.recent.values():
-            _add_moves(ahead, groups)
+            add_moves(ahead, groups)
     return ahead
 
 
-def _add_moves(into: dict, groups: dict, sign: int = 1) -> None:
+def add_moves(into: dict, groups: dict, sign: int = 1) -> None:
     """``into`` += sign x ``groups`` ({group: {move: count}}), dropping what reaches zero."""
     for group, moves in groups.items():
         target = into.setdefault(group, {})
@@ -162,12 +162,12 @@ def _window(days: dict, day: int, length: int, column: int) -> int:
 def _as_of(stats: RegionState, day: int) -> tuple[dict, dict, dict]:
     """The paid-through histograms per cohort and per cohort and funder, and the registered count per cohort, as
     they were at 00:00 of ``day`` (undoing deltas that happened later but were already applied): every move ahead
-    of the frontier undone at once (``_ahead``), then those of the days before ``day`` done again (none unless a
+    of the frontier undone at once (``ahead_of``), then those of the days before ``day`` done again (none unless a
     catch-up evaluates several days, or before the first evaluation)."""
     hist = {c: dict(h) for c, h in stats.hist.items()}
     fhist = {g: dict(h) for g, h in stats.fhist.items()}
     registered = dict(stats.registered)
-    _undo(hist, fhist, registered, _ahead(stats), 1)
+    _undo(hist, fhist, registered, ahead_of(stats), 1)
     for earlier, groups in stats.recent.items():
         if int(earlier) < day:
             _undo(hist, fhist, registered, groups, -1)
@@ -363,12 +363,12 @@ def advance(stats: RegionState, region: Region, low_watermark_ms: int, rules: St
                         "summary": summary(region, kind, status, details), "details": details})
     if target > stats.evaluated:
         stats.evaluated = target
-        ahead, kept = _ahead(stats), {}
+        ahead, kept = ahead_of(stats), {}
         for d, groups in stats.recent.items():
             if int(d) > target:
                 kept[d] = groups
             else:
-                _add_moves(ahead, groups, -1)  # evaluated: no longer ahead
+                add_moves(ahead, groups, -1)  # evaluated: no longer ahead
         stats.recent = kept
         oldest = target - rules.history_days
         stats.days = {d: v for d, v in stats.days.items() if int(d) >= oldest}

@@ -297,7 +297,7 @@ def test_the_as_of_view_equals_undoing_each_later_day_in_turn(rnd: random.Random
         stall.advance(stats, REGION, day * DAY_MS, RULES, 3, SCALE, END_DAY)
         summed: dict = {}
         for groups in stats.recent.values():
-            stall._add_moves(summed, groups)
+            stall.add_moves(summed, groups)
         if stats.ahead is not None:  # kept up to date (None: summed again on first use, as checked above)
             assert stats.ahead == summed
             kept += 1

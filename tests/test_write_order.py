@@ -15,7 +15,7 @@ from streams.config import Settings
 from streams.participants import fold_message
 from streams.reference import reference
 from streams.regions import apply_message
-from streams.rules import participant_key
+from streams.rules import apply_delta, apply_event, participant_key
 from streams.simulator import Scenario
 from streams.state import participant_from_stored, stored
 
@@ -157,3 +157,22 @@ def test_the_region_stage_in_batches_of_any_size_and_after_a_re_read_counts_the_
     reread_from = min(reread_from, durable_upto)
     regions = region_stage_in_batches(log[:durable_upto], {}, sizes)
     assert counted(region_stage_in_batches(log[reread_from:], regions, sizes[::-1])) == BASELINE
+
+
+def test_the_stages_count_as_the_events_applied_one_by_one():
+    """What the stages leave (a message's deltas summed per region, streams/delta_sums.py) equals every event's
+    deltas applied one at a time (rules.apply_delta, as the independent fold in tests/expected.py does)."""
+    states: dict = {}
+    regions: dict = {}
+    for message in MESSAGES:
+        for value in copy.deepcopy(message):
+            if value["kind"] == "Tick":
+                continue
+            states[value["key"]], deltas, _ = apply_event(states.get(value["key"]), value["kind"], value)
+            for delta in deltas:
+                regions[delta["region"]] = apply_delta(regions.get(delta["region"]), delta,
+                                                       REF.regions[delta["region"]], SETTINGS.target_scale)
+    replays = lambda regions: {code: {k: v for k, v in stats.items() if k != "applied"}  # noqa: E731
+                               for code, stats in regions.items()}  # the stages' replay guard: theirs alone
+    assert replays(BASELINE) == replays(counted({code: stored(stats) for code, stats in regions.items()}))
+    assert any(d["k"] == "sum" and d["n"] > 1 for _, deltas in run() for d in deltas)
