@@ -48,8 +48,9 @@ def fold_message(values: list[dict], partition: int, offset: int,
     """Pure: fold one message's events (and ticks) over the participants' states (``state_of``: the durable
     state of a key). The deltas the events cause go out summed, one per region between ticks
     (streams/delta_sums.py); every delta is numbered in message order, and a sum's ``src`` =
-    [partition, offset, index] is the number of its last: a re-read of the message after a crash produces a subset of the same deltas (those of participants
-    whose state was not durable), each with an index no larger than the first time's last. Ticks are numbered -1
+    [partition, offset, index] is the number of its last: a re-read of the message after a crash produces a
+    subset of the same deltas (those of participants whose state was not durable), summed into sums each with an
+    index no larger than the first time's last. Ticks are numbered -1
     and do not count: whether a tick passes depends on wall time (idle sources), so a re-read may pass one the
     first read did not, and numbered like the others it shifted the events' deltas past what the region stage
     had applied — which then applied them again (the 200k drill: 10 claims counted twice, 2026-11-25)."""

@@ -4,8 +4,8 @@ stall detection on the region's low watermark (streams/stall.py), raising alerts
 Each message is a batch of one region's deltas from one participant-events message, summed between ticks
 (streams/delta_sums.py; a message written before sums holds one delta per event, applied as before); the stage
 takes up to ``batch_messages`` messages at once and applies each region's deltas from all of them on one copy of
-its state, written once (a region's state is its whole aggregate: copying and writing it per message cost more than the
-deltas did)."""
+its state, written once (a region's state is its whole aggregate: copying and writing it per message cost more
+than the deltas did)."""
 from __future__ import annotations
 
 import asyncio

@@ -132,6 +132,18 @@ def test_accounting_invariant_and_dead_letter_reasons(run):
     assert regions[events[-2].record["region_code"]]["late"]["events"] == 1
 
 
+def test_the_paid_claims_metric_counts_what_the_regions_show(run):
+    """``jamsostek_claims_paid_idr`` per region and programme: the rupiah of the PAID claims in each region's view
+    (the region stage counts them from the summed deltas it applies)."""
+    settings, events, worker, _ = run
+    metric = {(dict(labels)["region"], dict(labels)["program"]): value
+              for (name, labels), value in worker.metrics().items() if name == "jamsostek_claims_paid_idr_total"}
+    shown = {(code, program): statuses["PAID"]["amount_idr"]
+             for code, view in worker.regions().items() for program, statuses in view["claims"].items()
+             if "PAID" in statuses}
+    assert shown and metric == shown
+
+
 def test_dead_letters_keep_original_bytes_and_context_headers(run):
     settings, events, worker, _ = run
     dead = read_all(settings.kafka_bootstrap_servers, settings.topics.dead_letter)
