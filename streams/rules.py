@@ -210,8 +210,20 @@ def apply_delta(stats: RegionState | None, delta: dict, region: Region, target_s
     return stats
 
 
+#: the region deltas one event makes (``apply_event``), and the watermark tick
+DELTA_KINDS = frozenset({"tick", "reg", "pt", "contrib", "claim", "turnaround", "exit", "late"})
+
+
+class UnknownDelta(ValueError):
+    """A region delta of a kind this code does not know (written by a newer worker): applying what it can of it
+    would count it wrong, so the region stage fails instead (streams/faults.py: the worker exits without
+    committing, and a worker that knows the kind re-reads it)."""
+
+
 def apply_delta_in_place(stats: RegionState, delta: dict, region: Region, target_scale: float) -> None:
     kind = delta["k"]
+    if kind not in DELTA_KINDS:
+        raise UnknownDelta(f"region delta of kind {kind!r}: this worker knows {sorted(DELTA_KINDS)} and sums")
     if kind == "tick":  # the pipeline's low watermark from one source partition (streams/participants.py)
         source = str(delta["src"][0])
         stats.wm[source] = max(stats.wm.get(source, 0), delta["at"])

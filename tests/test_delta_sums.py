@@ -127,3 +127,12 @@ def test_a_sum_is_smaller_on_the_wire_than_its_deltas():
     for delta in deltas:
         delta_sums.add(total, delta)
     assert len(orjson.dumps(total)) * 5 < len(orjson.dumps(deltas))
+
+
+def test_a_delta_of_a_kind_this_worker_does_not_know_stops_the_region_stage():
+    """A newer worker's delta is not half-applied (an older region stage would have dropped a sum's counts)."""
+    import pytest
+    from streams.rules import UnknownDelta
+    with pytest.raises(UnknownDelta):
+        apply_message(None, [{"k": "sum2", "region": "64.72", "at": 1, "src": [0, 0, 0]}], REF.regions["64.72"],
+                      SETTINGS, 1, END_DAY)
