@@ -99,8 +99,13 @@ class Settings(BaseSettings):
     # Faust lets a stream hold 4,096 unprocessed events: an input event is a partition's fetched batch (up to
     # ``batch_size`` records), so on a backlog that was most of the backlog prefetched, and the worker's peak memory
     # grew with the backlog (RocksDB, 20k -> 200k participants: peak RSS x1.085 and x1.495 in two runs; with 64:
-    # x1.017, and 9 % faster, one run, 2026-11-27). 64 still fills the stages' batches (``batch_messages``).
-    stream_buffer_events: int = Field(64, ge=1, description="events a stage's stream may hold unprocessed")
+    # x1.017, and 9 % faster, one run, 2026-11-27). With the region deltas summed (2026-11-28) the stages ran ahead
+    # of each other further and 64 held more: 200k participants' peak RSS 378-437 MB, x1.41-1.59 of 20k's in six
+    # runs; 16: 302-344 MB, x1.09-1.31 in four (``--memory-only --events 1000000``), the 1M backlog about as fast
+    # (57-64 s against 57-63 s; one run beside other work 74 s). Ingest takes 16 partition batches at once
+    # (``EVENTS_AT_ONCE``); the other stages take up to ``batch_messages``, fewer when fewer are buffered, but an
+    # internal message holds up to 1,000 events: 16 of them are still thousands of events a batch.
+    stream_buffer_events: int = Field(16, ge=1, description="events a stage's stream may hold unprocessed")
     # Faust's 1.5 s: a fetch parked on caught-up internal topics held back the inputs behind it (faust_fixes)
     consumer_fetch_wait_ms: int = Field(100, ge=0, le=1500, description="longest the broker may hold a worker's "
                                         "fetch request that has no data yet (ms)")
