@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from streams import stall
 from streams.clock import DAY_MS, is_correction
-from streams.rules import BREAKDOWNS, NO_DEMOGRAPHY
+from streams.rules import BREAKDOWNS, COUNTED, NO_DEMOGRAPHY
 from streams.state import RegionState
 
 SUM = "sum"
@@ -54,17 +54,16 @@ def add(total: dict, delta: dict) -> None:
     if delta.get("late"):
         total["late"] = total.get("late", 0) + 1
     day = str(at // DAY_MS)
-    if kind in ("reg", "contrib", "claim"):  # rules.COUNTED: a correction or not, decided when applied
+    if kind in COUNTED:  # a correction or not: decided when applied
         _add(_sub(total, "cd"), day)
     # stall.record: the daily counts, and the member moves by day (kept if ahead of the frontier when applied)
     if kind == "reg" and delta["cohort"] == "VULNERABLE_WORKER":
         _sub(total, "days").setdefault(day, [0, 0])[0] += 1
     elif kind == "contrib":
         _sub(total, "days").setdefault(day, [0, 0])[1] += 1
-    if kind in ("reg", "pt", "exit") and "was" not in delta:
-        move = (f"{delta['pt']}>x" if kind == "exit" else
-                f"{delta['from'] if kind == 'pt' else ''}>{delta['pt'] if kind == 'reg' else delta['to']}")
-        group = f"{delta['cohort']}|{delta['funding']}" if delta.get("funding") else delta["cohort"]
+    found = stall.move_of(delta)
+    if found is not None:
+        group, move = found
         _add(_sub(total, "moves").setdefault(day, {}).setdefault(group, {}), move)
     if kind == "reg":
         cohort, funding, pt = delta["cohort"], delta["funding"], str(delta["pt"])

@@ -50,10 +50,10 @@ def fold_message(values: list[dict], partition: int, offset: int,
     (streams/delta_sums.py); every delta is numbered in message order, and a sum's ``src`` =
     [partition, offset, index] is the number of its last: a re-read of the message after a crash produces a
     subset of the same deltas (those of participants whose state was not durable), summed into sums each with an
-    index no larger than the first time's last. Ticks are numbered -1
-    and do not count: whether a tick passes depends on wall time (idle sources), so a re-read may pass one the
-    first read did not, and numbered like the others it shifted the events' deltas past what the region stage
-    had applied — which then applied them again (the 200k drill: 10 claims counted twice, 2026-11-25)."""
+    index no larger than the first time's last. Ticks are numbered -1 and do not count: whether a tick passes
+    depends on wall time (idle sources), so a re-read may pass one the first read did not, and numbered like the
+    others it shifted the events' deltas past what the region stage had applied — which then applied them again
+    (the 200k drill: 10 claims counted twice, 2026-11-25)."""
     out = Folded()
     index = 0
     sums: dict[str, dict] = {}  # region -> its open sum (delta_sums): closed by a tick

@@ -92,6 +92,21 @@ def alert_id(region_code: str, key: str, started_day: int) -> str:
 
 
 # -- recording what evaluations need -----------------------------------------------------------------------------
+def move_of(delta: dict) -> tuple[str, str] | None:
+    """The member move a region delta makes, as ``record`` keeps it for the days ahead of the evaluation
+    frontier: (group, "old>new"), or None (not a move). Counted per day, cohort and paid-through move (old empty
+    for a registration; an exit is "pt>x": out of the histogram, still registered), per cohort and funder
+    ("VULNERABLE_WORKER|APBD_PROVINCE") when it has one: the per-funder rule needs them as of a day too. An exit
+    replacing a weaker reason ("was") moves no member."""
+    kind = delta["k"]
+    if kind not in ("reg", "pt", "exit") or "was" in delta:
+        return None
+    move = (f"{delta['pt']}>x" if kind == "exit" else
+            f"{delta['from'] if kind == 'pt' else ''}>{delta['pt'] if kind == 'reg' else delta['to']}")
+    group = f"{delta['cohort']}|{delta['funding']}" if delta.get("funding") else delta["cohort"]
+    return group, move
+
+
 def record(stats: RegionState, delta: dict) -> None:
     """Called by rules.apply_delta for every delta: daily counts, and the deltas after the evaluation frontier."""
     kind, at = delta["k"], delta["at"]
@@ -101,16 +116,12 @@ def record(stats: RegionState, delta: dict) -> None:
     elif kind == "contrib":
         stats.days.setdefault(day, [0, 0])[1] += 1
     frontier = stats.evaluated  # None before the first evaluation: keep everything until it trims
-    if kind in ("reg", "pt", "exit") and "was" not in delta and (frontier is None or day_of(at) > frontier):
-        # counted per day, cohort and paid-through move ("old>new", old empty for a registration): what _as_of
-        # needs, in room that grows with the days ahead of the frontier, not with the events. (A list of every
-        # delta reached 3.8 MB for Kutai Kartanegara in the 200k drill, before the first evaluation; a changelog
-        # message that size is over the broker's limit and crashed the worker.)
-        # an exit is "pt>x": out of the histogram, still registered
-        move = (f"{delta['pt']}>x" if kind == "exit" else
-                f"{delta['from'] if kind == 'pt' else ''}>{delta['pt'] if kind == 'reg' else delta['to']}")
-        # per cohort and funder ("VULNERABLE_WORKER|APBD_PROVINCE"): the per-funder rule needs them as of a day too
-        group = f"{delta['cohort']}|{delta['funding']}" if delta.get("funding") else delta["cohort"]
+    found = move_of(delta)
+    if found is not None and (frontier is None or day_of(at) > frontier):
+        # the moves (``move_of``), in room that grows with the days ahead of the frontier, not with the events. (A
+        # list of every delta reached 3.8 MB for Kutai Kartanegara in the 200k drill, before the first evaluation;
+        # a changelog message that size is over the broker's limit and crashed the worker.)
+        group, move = found
         add_moves(ahead_of(stats), {group: {move: 1}})  # before ``recent`` changes: ahead_of may sum it
         moves = stats.recent.setdefault(day, {}).setdefault(group, {})
         moves[move] = moves.get(move, 0) + 1
