@@ -116,8 +116,8 @@ def record(stats: RegionState, delta: dict) -> None:
     elif kind == "contrib":
         stats.days.setdefault(day, [0, 0])[1] += 1
     frontier = stats.evaluated  # None before the first evaluation: keep everything until it trims
-    found = move_of(delta)
-    if found is not None and (frontier is None or day_of(at) > frontier):
+    found = move_of(delta) if frontier is None or day_of(at) > frontier else None
+    if found is not None:
         # the moves (``move_of``), in room that grows with the days ahead of the frontier, not with the events. (A
         # list of every delta reached 3.8 MB for Kutai Kartanegara in the 200k drill, before the first evaluation;
         # a changelog message that size is over the broker's limit and crashed the worker.)
