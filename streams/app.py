@@ -160,6 +160,7 @@ def create_app(settings: Settings) -> Topology:
     # a changelog record that does not decode is dead-lettered when restored, instead of stalling the restore
     for restored in (topo.participants, topo.regions, topo.watermarks, topo.clocks):
         faust_fixes.dead_letter_undecodable(restored, partial(ingest.dead_letter_changelog_record, topo))
+    faust_fixes.bytes_values(topo.participants)  # its states are written as their changelog's bytes
     from streams.read_model import RegionReadModel
     assert topo.regions.changelog_topic.get_topic_name() == settings.regions_changelog
     topo.read_model = RegionReadModel(settings)

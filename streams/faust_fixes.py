@@ -434,7 +434,8 @@ async def set_durably(table, writes: list[tuple[dict, object]]) -> None:
     """Set each ``(items, event)`` of ``writes`` in ``table`` and write the items to its changelog, returning once
     the broker has acknowledged every record. The store is updated and the changelog partition chosen as
     ``Table.__setitem__`` does (by ``event``'s partition) and the records are the bytes Faust would write (the
-    changelog topic's own key and value serializers: a restore reads them back unchanged), but they go out as one
+    changelog topic's own key and value serializers: a restore reads them back unchanged; a value given as bytes,
+    ``bytes_values``, is the record's value as it is), but they go out as one
     produce request per ``CHANGELOG_BATCH_BYTES`` instead of one send per key through Faust's producer buffer — a
     Faust table set cost ~120 µs a key on this machine kind (../shared/PERF.md), more than decoding, validating and
     folding the event. Every partition's batches are sent before any acknowledgement is awaited (one round trip
@@ -450,7 +451,7 @@ async def set_durably(table, writes: list[tuple[dict, object]]) -> None:
         for items, event in writes:
             with routed_by(event):
                 for key, value in items.items():
-                    table[key] = value
+                    table[key] = orjson.loads(value) if type(value) is bytes else value
         return
     topic = table.changelog_topic
     name = topic.get_topic_name()
@@ -491,7 +492,8 @@ def _changelog_encoders(table) -> tuple:
             and topic.schema.value_type is None):
         return slow_key, slow_value
     return (lambda key: _faust_json_dumps(key) if type(key) is str else slow_key(key),
-            lambda value: _faust_json_dumps(value) if type(value) is dict else slow_value(value))
+            lambda value: value if type(value) is bytes else  # a JSON object encoded already (bytes_values)
+            _faust_json_dumps(value) if type(value) is dict else slow_value(value))
 
 
 #: the key and value serializer of every table of ours: Faust's JSON, whose decoding never raises (below)
@@ -667,20 +669,34 @@ def _ours(store) -> bool:
     return store.value_serializer == store.key_serializer == CHECKED_JSON and store.value_type is None
 
 
+def bytes_values(table) -> None:
+    """``table`` (one of ours) is written with values that are their JSON object's bytes already (the
+    participant states, ``state.encoded``), and read back as such from RocksDB (undecoded: the stage decodes them
+    straight into its type). The memory store holds what it is given: those bytes, or after a restore the
+    decoded dicts. Faust's own table set (``exactly_once``) still gets dicts (``set_durably``)."""
+    table.__dict__["bytes_values"] = True
+
+
 def _store_decode_value(self: SerializedStore, value):
     """``SerializedStore._decode_value`` (every RocksDB table read): our tables' states by orjson where that gives
-    Faust's result (``_fast_json_loads``). Faust's way walks the whole decoded state for model markers: ~22 µs a
-    participant state against ~3.5 µs, on every read of the participant stage."""
+    Faust's result (``_fast_json_loads``), a ``bytes_values`` table's as the bytes stored. Faust's way walks the
+    whole decoded state for model markers: ~22 µs a participant state against ~3.5 µs, on every read of the
+    participant stage."""
     if _ours(self):
+        if self.table.__dict__.get("bytes_values") and value is not None:
+            return value
         return _fast_json_loads(value, partial(_decode_value, self))
     return _decode_value(self, value)
 
 
 def _store_encode_value(self: SerializedStore, value):
     """``SerializedStore._encode_value`` (every RocksDB table write): a dict of our tables by the call Faust's
-    JSON codec ends in, without the registry layers (the same bytes)."""
-    if type(value) is dict and _ours(self):
-        return _faust_json_dumps(value)
+    JSON codec ends in, without the registry layers (the same bytes); bytes (``bytes_values``) as they are."""
+    if _ours(self):
+        if type(value) is bytes:
+            return value
+        if type(value) is dict:
+            return _faust_json_dumps(value)
     return _encode_value(self, value)
 
 

@@ -15,6 +15,7 @@ needs neither, an absent one reads as its default):
 from __future__ import annotations
 
 import msgspec
+import orjson
 
 PARTICIPANT_VERSION = 1
 REGION_VERSION = 1
@@ -75,9 +76,33 @@ class RegionState(msgspec.Struct):
     forecast_fill_day: int | None = None
 
 
-def participant_from_stored(stored: dict | None) -> Participant | None:
-    return None if stored is None else msgspec.convert(_checked(stored, PARTICIPANT_VERSION, "participant"),
-                                                       Participant)
+_ENCODER = msgspec.json.Encoder()
+_PARTICIPANT_DECODER = msgspec.json.Decoder(Participant)
+#: how every participant record this code writes starts (``encoded``): its format version first
+_PARTICIPANT_PREFIX = b'{"v":%d,' % PARTICIPANT_VERSION
+
+
+def encoded(p: Participant) -> bytes:
+    """A participant's stored form as the bytes its changelog record carries — the JSON object of ``stored``
+    (``v`` first), encoded straight from the typed state: what the participant stage writes to the table and its
+    changelog. ``msgspec.to_builtins`` and then orjson took ~4.0 µs a state against ~1.6 µs (2026-11-28; the
+    largest single item of a 1M backlog's profile once the stage ran without its input hop)."""
+    body = _ENCODER.encode(p)
+    return _PARTICIPANT_PREFIX + body[1:] if len(body) > 2 else _PARTICIPANT_PREFIX[:-1] + b"}"
+
+
+def participant_from_stored(stored: dict | bytes | None) -> Participant | None:
+    """The typed state of a table value: ``encoded`` bytes (what the stage writes; RocksDB hands every value back
+    as such), or the decoded dict a restore into the memory store leaves (any version this code knows)."""
+    if stored is None:
+        return None
+    if type(stored) is bytes:
+        if stored.startswith(_PARTICIPANT_PREFIX):  # this version, written by ``encoded``: straight into the type
+            return _PARTICIPANT_DECODER.decode(stored)
+        stored = orjson.loads(stored)  # another version or another writer's key order: as a dict
+        if not isinstance(stored, dict):
+            raise msgspec.ValidationError("a participant's state is a JSON object")
+    return msgspec.convert(_checked(stored, PARTICIPANT_VERSION, "participant"), Participant)
 
 
 def region_from_stored(stored: dict | None) -> RegionState:
