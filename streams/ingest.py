@@ -15,10 +15,10 @@ import collections
 import logging
 import time
 
-from streams import demography, occupation, privacy, validation
+from streams import demography, occupation, partitioner, privacy, validation
 from streams.clock import DAY_MS, PartitionClock
 from streams.faust_fixes import deliver_in_batches, routed_by
-from streams.metrics import DEAD_LETTERS, EVENT_LAG, EVENTS, LATE_EVENTS
+from streams.metrics import DEAD_LETTERS, EVENT_LAG, EVENTS, LATE_EVENTS, MISPLACED
 from streams.rules import participant_key
 from streams.serde import DecodeError
 from streams.topics import acknowledged, send_batch
@@ -88,6 +88,9 @@ async def agent(topo, topic_name: str, record_name: str, stream):
         ticks: dict[str, int] = {}  # mark -> its clock, if it entered a new day in the batch
         now, latest = time.time(), topo.settings.latest_event_ms()
         await topo.serde.fetch_writers(message.value for _, message in _records(events))  # off the loop
+        for event in events:  # placed as the contract's partitioner places its key? (counted, not acted on)
+            if misplaced := partitioner.misplaced(event.value, partitions):
+                MISPLACED.labels(topic_name).inc(misplaced)
         for event, message in _records(events):
             mark = f"{topic_name}:{message.partition}"
             last[mark] = event

@@ -38,6 +38,9 @@ def histogram(name, doc, registries=W, **kwargs) -> Histogram:
 EVENTS = counter("jamsostek_events", "Consumed input records by outcome", ["topic", "outcome"])
 LATE_EVENTS = counter("jamsostek_late_events", "Valid records read more than ALLOWED_LATENESS_DAYS behind their "
                       "partition's clock: counted in the tables like any other", ["topic"])
+MISPLACED = counter("jamsostek_misplaced_records", "Input records on another partition than the contract's "
+                    "partitioner puts their key (murmur2, as the Java client and kafka-python; librdkafka-based "
+                    "publishers must set partitioner=murmur2_random)", ["topic"])
 DEAD_LETTERS = counter("jamsostek_dead_letter", "Records sent to the dead-letter topic", ["reason"])
 REGISTERED = gauge("jamsostek_region_registered", "Registered participants", ["region"])
 ACTIVE = gauge("jamsostek_region_active", "Members: paid for this month or in arrears for at most GRACE_MONTHS "

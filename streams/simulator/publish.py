@@ -49,6 +49,7 @@ class Publisher:
         self.producer = Producer({
             **settings.librdkafka_conf(),
             "enable.idempotence": True,  # no duplicates from producer retries: duplicates we send are on purpose
+            "partitioner": "murmur2_random",  # the contract's partitioner (docs/contract.md), not librdkafka's CRC32
             "linger.ms": 20,
             "compression.type": "lz4",
             **producer_conf,
