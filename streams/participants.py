@@ -88,8 +88,9 @@ def fold_message(values: list[dict], partition: int, offset: int,
 
 async def write(topo, states: dict[int, tuple[dict[str, state.Participant], object]],
                 clocks_of: dict[int, clocks.SourceClock]) -> None:
-    """The participants' states of every partition (their changelog records' bytes, ``state.encoded``), acknowledged by the broker, one produce
-    request per changelog batch and one wait for them all (faust_fixes.set_durably); then each partition's clock."""
+    """The participants' states of every partition (their changelog records' bytes, ``state.encoded``),
+    acknowledged by the broker, one produce request per changelog batch and one wait for them all
+    (faust_fixes.set_durably); then each partition's clock."""
     await faust_fixes.set_durably(topo.participants, [({key: state.encoded(p) for key, p in items.items()}, event)
                                                       for items, event in states.values()])
     for partition, source_clock in clocks_of.items():

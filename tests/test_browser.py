@@ -111,7 +111,8 @@ def test_live_page_updates_without_reload_and_matches_the_api(kafka, registry, t
         browser.find_element("css selector", f'tr[data-code="{code}"] a').click()
         worker.wait(lambda: browser.current_url.endswith(f"/region/{code}/") and browser.execute_script(
             "return document.querySelectorAll('#cohorts tbody tr').length") == 3, 30, "the region page")
-        region_view = lambda: requests.get(worker.url(f"/regions/{code}/"), timeout=5).json()  # noqa: E731
+        def region_view() -> dict:
+            return requests.get(worker.url(f"/regions/{code}/"), timeout=5).json()
 
         def shown() -> dict:
             return browser.execute_script("""return Object.fromEntries(Array.from(
