@@ -50,7 +50,7 @@ class Topology:
     region_alerts: Any
     pseudonym_key: bytes
     faults: FaultPoints
-    #: the agents by name (ingest-registration, ingest-contribution, ingest-claim, participants, regions); each is
+    #: the agents by name (ingest: every input topic; participants, regions); each is
     #: a module-level function of its stage over this topology, so a test can run one in-process
     #: (``agent.test_context()``, tests/test_agents.py)
     agents: dict[str, Any] = field(default_factory=dict)

@@ -89,11 +89,12 @@ def test_each_agent_in_process_equals_the_fold_and_a_replay_changes_nothing(sett
 
     async def chain():
         async with in_process(settings) as topo:
-            read = 0
-            for topic, record_name in settings.topics.inputs.items():
-                batches = {p: [SimpleNamespace(key=None, value=RecordBatch(records))]  # a partition's fetch
-                           for p, records in (await fetched(settings, topic)).items() if records}
-                read += sum(await run_agent(topo, f"ingest-{record_name.lower()}", batches))
+            batches = collections.defaultdict(list)  # each partition's fetch of each input topic
+            for topic in settings.topics.inputs:
+                for p, records in (await fetched(settings, topic)).items():
+                    if records:
+                        batches[p].append(SimpleNamespace(key=None, value=RecordBatch(records)))
+            read = sum(await run_agent(topo, "ingest", batches))
             pe = await fetched(settings, topo.participant_events.get_topic_name())
             outcomes = sum(await run_agent(topo, "participants", pe), collections.Counter())
             deltas = await fetched(settings, topo.region_deltas.get_topic_name())
@@ -136,7 +137,7 @@ def test_each_agent_is_labelled_by_its_stage_function(tmp_path):
     """Faust labels an agent (log lines, the stacks dump) by its function: the stage's, not ``functools.partial``."""
     topo = create_app(Settings(app_id="labels", state_dir=tmp_path))
     labels = {name: agent.label for name, agent in topo.agents.items()}
-    assert set(labels) == {"ingest-registration", "ingest-contribution", "ingest-claim", "participants", "regions"}
+    assert set(labels) == {"ingest", "participants", "regions"}
     for name, label in labels.items():
         stage = "ingest" if name.startswith("ingest") else name
         assert f"streams.{stage}.agent" in label and "partial" not in label, label
