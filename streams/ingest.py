@@ -151,8 +151,8 @@ async def agent(topo, inputs: dict[str, str], stream):
 def register(topo) -> None:
     """One agent for the three input topics (one channel): each takes a few partition batches at a time, so three
     agents made three times the batches, each with its own acknowledgement wait and clock writes — one agent ran a
-    1M backlog in 49.6 and 52.5 s against 61.9 and 56.3 s (worker CPU 36.5/37.5 against 43.1/40.8 s,
-    alternately, 2026-11-28; README "Benchmark")."""
+    1M backlog in 52.5 s against 56.9 s on average of four alternating pairs (worker CPU 36.4 against 40.2 s,
+    2026-11-28; README "Benchmark": about the size of the noise, in the direction expected)."""
     inputs = dict(topo.settings.topics.inputs)
     source = deliver_in_batches(topo.app, list(inputs), topo.settings.batch_size)  # a RecordBatch per event
     topo.add_agent("ingest", source, agent, inputs)
