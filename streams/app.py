@@ -50,9 +50,9 @@ class Topology:
     region_alerts: Any
     pseudonym_key: bytes
     faults: FaultPoints
-    #: the agents by name (ingest: every input topic; participants, regions); each is
-    #: a module-level function of its stage over this topology, so a test can run one in-process
-    #: (``agent.test_context()``, tests/test_agents.py)
+    #: the agents by name (ingest, for every input topic; participants; regions); each is a module-level function
+    #: of its stage over this topology, so a test can run one in-process (``agent.test_context()``,
+    #: tests/test_agents.py)
     agents: dict[str, Any] = field(default_factory=dict)
 
     def add_agent(self, name: str, channel, stage, *args) -> None:

@@ -218,12 +218,12 @@ class _RecordBatchSchema(Schema):
 def deliver_in_batches(app, names: list[str], most: int):
     """The topics ``names`` of ``app`` as one channel (one agent reads them all), whose records reach its agent as
     one event per partition and fetch (a ``RecordBatch`` of ``most`` records at most), instead of one event per
-    record. Faust's per-record machinery —
-    a delivery through ``wait_first`` (Tasks created and cancelled), a queue put and get, a Message and an Event,
-    an ack and its bookkeeping — cost more per record than decoding, validating and pseudonymising it
-    (../shared/PERF.md: a no-op agent ran at ~0.18 of the raw consume+decode ceiling). The batch's event is
-    acknowledged as any event is; its offsets count as processed only then, all of them (``_expand_batches``). Not
-    reported upstream (Faust has no batch delivery; ``take_events`` batches after the per-record costs)."""
+    record. Faust's per-record machinery — a delivery through ``wait_first`` (Tasks created and cancelled), a
+    queue put and get, a Message and an Event, an ack and its bookkeeping — cost more per record than decoding,
+    validating and pseudonymising it (../shared/PERF.md: a no-op agent ran at ~0.18 of the raw consume+decode
+    ceiling). The batch's event is acknowledged as any event is; its offsets count as processed only then, all of
+    them (``_expand_batches``). Not reported upstream (Faust has no batch delivery; ``take_events`` batches after
+    the per-record costs)."""
     for name in names:
         app.__dict__.setdefault("batched_topics", {})[name] = most
     return app.topic(*names, schema=_RecordBatchSchema(key_type=bytes, value_type=bytes, key_serializer="raw",

@@ -139,5 +139,4 @@ def test_each_agent_is_labelled_by_its_stage_function(tmp_path):
     labels = {name: agent.label for name, agent in topo.agents.items()}
     assert set(labels) == {"ingest", "participants", "regions"}
     for name, label in labels.items():
-        stage = "ingest" if name.startswith("ingest") else name
-        assert f"streams.{stage}.agent" in label and "partial" not in label, label
+        assert f"streams.{name}.agent" in label and "partial" not in label, label
