@@ -51,6 +51,7 @@ from time import monotonic
 import faust
 import orjson
 from aiokafka import AIOKafkaConsumer
+from aiokafka.consumer.fetcher import FetchResult, PartitionRecords
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.structs import TopicPartition as KafkaTopicPartition
 from faust import App, Schema, Table, Topic
@@ -84,7 +85,9 @@ ORIGINALS = {
     # replaced for the input topics' batches (deliver_in_batches): the fetch loop and the records it iterates
     "Consumer._drain_messages": Consumer._drain_messages,
     "Consumer.getmany": Consumer.getmany,
-    "Consumer.seek": Consumer.seek,  # sets the read offset to the next offset to read (the batch trim relies on it)
+    # sets the read offset to the next offset to read (the batch trim relies on it), and aiokafka's position with no
+    # await between (_skip_unreadable relies on that)
+    "Consumer.seek": Consumer.seek,
     "Consumer._add_gap": Consumer._add_gap,  # the fetch loop's, kept for transactions (_add_gap_only_for_transactions)
     "ProducerBuffer.flush": ProducerBuffer.flush,
     "ProducerBuffer._send_pending": ProducerBuffer._send_pending,
@@ -95,6 +98,10 @@ ORIGINALS = {
     "AIOKafkaConsumerThread._create_worker_consumer": AIOKafkaConsumerThread._create_worker_consumer,
     # stops the aiokafka consumer, which can raise a fetch's CancelledError (_consumer_stop_through_cancelled_fetch)
     "AIOKafkaConsumerThread.on_thread_stop": AIOKafkaConsumerThread.on_thread_stop,
+    # what _skip_unreadable reads: aiokafka's position moves past control and aborted batches after the last
+    # record it returns, and only when it returns records (no fetch of its own moves it)
+    "PartitionRecords._unpack_records": PartitionRecords._unpack_records,
+    "FetchResult.getall": FetchResult.getall,
     # set_durably does what a table set does, batched: the changelog record, its partition, the persisted offset
     "Table.on_key_set": Table.on_key_set,
     "Collection.send_changelog": Collection.send_changelog,
@@ -160,19 +167,20 @@ def _new_offset_without_passing_a_hole(self: Consumer, tp) -> int | None:
     (the next record to read). Offsets Faust registered as gaps (no record for a stream: transaction markers,
     compacted records) count as processed, as in Faust; offsets ``InOrder`` withheld (acknowledged by Faust but
     not processed) do not."""
-    acked = self._acked[tp]
-    if not acked:
+    acked, gaps = self._acked[tp], self._gap[tp]
+    if not acked and not gaps:
         return None
     _expand_batches(self, tp, acked)
     withheld = getattr(self, "withheld", {}).get(tp)
-    if withheld and min(withheld) <= max(acked):
+    if withheld and acked and min(withheld) <= max(acked):
         return _run_below(self, tp, min(withheld))
-    gaps = self._gap[tp]
-    if gaps:
-        top, index = max(acked), self._acked_index[tp]
-        for interval in sorted(gaps.overlap(0, top), key=lambda i: i.begin):
+    if gaps:  # all of them, those past the last acknowledged offset too (a trailing transaction marker)
+        index = self._acked_index[tp]
+        for interval in sorted(gaps, key=lambda i: i.begin):
             _acknowledge_once(acked, index, range(interval.begin, interval.end))
-        gaps.chop(0, max(max(acked), top + 1))
+        gaps.clear()
+    if not acked:
+        return None
     acked.sort()
     committed = self._committed_offset.get(tp)
     if committed is not None and acked[0] > committed:
@@ -267,6 +275,9 @@ async def _getmany_in_batches(self: Consumer, timeout: float):
         async for item in _getmany(self, timeout):
             yield item
         return
+    # where aiokafka stood before this fetch: the offsets from there to a partition's first record returned
+    # (transaction markers, aborted records) hold no record to process
+    before = {tp: _fetch_position(self, tp) for tp in _assigned(self) if tp.topic in batched}
     records, active_partitions = await self._wait_next_records(timeout)
     generation_id = self.app.consumer_generation_id
     if records is None or self.should_stop:
@@ -278,8 +289,10 @@ async def _getmany_in_batches(self: Consumer, timeout: float):
             log.warning("exception performing seek when flow not active %r", exc)
         return
     singles = {}
+    delivered = self.__dict__.setdefault("delivered", {})
     for tp, fetched in records.items():
         if not (active_partitions is None or tp in active_partitions or tp in self._buffered_partitions):
+            delivered.pop(tp, None)
             continue
         if tp.topic not in batched:
             singles[tp] = fetched
@@ -287,26 +300,86 @@ async def _getmany_in_batches(self: Consumer, timeout: float):
         most = batched[tp.topic]
         for start in range(0, len(fetched), most):
             if not self.flow_active or self.app.consumer_generation_id != generation_id:
+                delivered.clear()  # records left undelivered behind the consumer's position
                 return
             read = self._read_offset[tp]  # the last offset read, or (after a seek) the next one to read
             batch = RecordBatch(r for r in fetched[start:start + most] if read is None or r.offset >= read)
             if not batch:
                 continue
             first, last = batch[0].offset, batch[-1].offset
-            if read is not None and first - read > 1 and self.app.topics.acks_enabled_for(tp.topic):
-                await _add_gap(self, tp, read + 1, first - 1)  # Faust's (the patched one ignores the loop's)
+            # offsets aiokafka stepped over before this batch's first record (those left out above were read)
+            after = before.get(tp) if start == 0 else fetched[start - 1].offset + 1
+            if after is not None:
+                _add_hole(self, tp, after, fetched[start].offset)
+            elif read is not None:  # no position known before the fetch: from the read offset, as Faust does
+                _add_hole(self, tp, read + 1, first)
             self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
             message = self._to_message(tp, batch[-1])
             message.key, message.value = None, batch
             self.__dict__.setdefault("batch_first", {}).setdefault(tp, {})[last] = first
             self._read_offset[tp] = last - 1
+            delivered.pop(tp, None)
             yield tp, message
+            if self.app.consumer_generation_id == generation_id and self._read_offset[tp] == last:
+                delivered[tp] = (generation_id, last)
+    for tp in [tp for tp, (generation, _) in delivered.items() if generation == generation_id]:
+        await _skip_unreadable(self, tp, delivered)
     to_message = self._to_message
     for tp, record in self.scheduler.iterate(singles):
         if not self.flow_active or self.app.consumer_generation_id != generation_id:
             break
         self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
         yield tp, to_message(tp, record)
+
+
+async def _skip_unreadable(self: Consumer, tp, delivered: dict) -> None:
+    """Registers as a gap the offsets past the last record delivered from ``tp`` that aiokafka skipped without
+    returning a record: transaction markers and, reading ``read_committed``, aborted records. Faust's commit rule
+    only steps over offsets between two delivered records, so a partition that ends in a marker (every
+    transaction's last records are followed by one) was committed one short of its end for good, and one that
+    ends in an aborted transaction as many short as it has aborted records: a restarted worker read them again
+    and an operator saw a lag that never drained. Holds only when every record aiokafka returned for ``tp`` was
+    delivered: ``delivered`` holds the last offset yielded in this generation and is cleared when a fetch's
+    records are left undelivered; a seek sets the read offset elsewhere, which ends the match."""
+    _, last = delivered[tp]
+    if self._read_offset.get(tp) != last:
+        del delivered[tp]
+        return
+    position = _fetch_position(self, tp)
+    if position is None or position <= last + 1:
+        return
+    _add_hole(self, tp, last + 1, position)
+    delivered[tp] = (delivered[tp][0], position - 1)
+    self._read_offset[tp] = position - 1  # read through them (the consumer lag, the next batch's hole check)
+
+
+def _add_hole(self: Consumer, tp, start: int, end: int) -> None:
+    """Offsets ``start`` … ``end - 1`` of ``tp`` hold no record to process: a gap for the commit rule, from the
+    committed offset on. Faust's ``_add_gap`` starts at committed + 1, which leaves a marker at the committed
+    offset itself (a worker that committed up to a transaction's marker, then restarted) in the way for good."""
+    committed = self._committed_offset.get(tp)
+    if committed is not None:
+        start = max(start, committed)
+    if start < end:
+        self._gap[tp].addi(start, end)
+
+
+def _assigned(self: Consumer) -> set:
+    try:
+        return self.assignment()
+    except Exception:  # no consumer yet, or stopping
+        return set()
+
+
+def _fetch_position(self: Consumer, tp) -> int | None:
+    """aiokafka's position for ``tp``: the offset after the last record it returned and any control or aborted
+    records it stepped over after it (``consumed_to`` in its fetcher), read synchronously (``position()`` is a
+    coroutine of the consumer's own thread; the attribute is one int)."""
+    try:
+        state = self._thread._ensure_consumer()._subscription.subscription.assignment.state_value(tp)
+    except Exception:  # not assigned any more, no subscription (stopping)
+        return None
+    return None if state is None or not state.has_valid_position else state.position
 
 
 async def _add_gap_only_for_transactions(self: Consumer, tp, offset_from: int, offset_to: int) -> None:
@@ -583,11 +656,16 @@ def _create_worker_consumer_with_fetch_wait(self: AIOKafkaConsumerThread, transp
     internal partitions while the input partitions behind it have data — the worker idled up to 1.5 s at a time
     (about 45 % of a backlog run: worker CPU 51–57 %). With ``fetch_max_wait`` (streams/config.py
     ``consumer_fetch_wait_ms``) instead: 40k-event A/B in one run, 1,805/2,055 → 2,400 (100 ms) events/s, worker CPU
-    68 %. Not reported upstream."""
+    68 %. Not reported upstream.
+
+    Also reads ``read_committed``: Faust reads uncommitted records unless the app itself is ``exactly_once``, so
+    the records of an upstream publisher's aborted transactions were counted in the live tables (and records of
+    a transaction still open were counted before it was decided)."""
     consumer = _create_worker_consumer(self, transport)
     wait = getattr(self.app, "fetch_max_wait_ms", None)
     if wait is not None:
         consumer._fetch_max_wait_ms = wait  # read when the consumer starts its fetcher
+    consumer._isolation_level = "read_committed"  # read when it starts its fetcher (see _skip_unreadable)
     return consumer
 
 

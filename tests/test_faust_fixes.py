@@ -66,6 +66,31 @@ def test_registered_gaps_count_as_processed_and_the_rest_waits():
     assert new_offset(books, TP) == 17
 
 
+def test_offsets_stepped_over_after_the_last_record_let_the_commit_reach_the_end():
+    """A partition that ends in a transaction's marker (and aborted records): the offsets aiokafka stepped over
+    after the last record delivered are a hole the commit passes, whether or not the record was committed yet."""
+    books = Books(10, [10, 11])
+    faust_fixes._add_hole(books, TP, 12, 15)  # 12-14: aborted records and the abort marker
+    assert new_offset(books, TP) == 15
+    books = Books(12, [])  # the last record committed before the hole was registered
+    faust_fixes._add_hole(books, TP, 12, 15)
+    assert new_offset(books, TP) == 15
+
+
+def test_a_hole_at_the_committed_offset_counts_from_there():
+    """A worker that committed up to a marker and restarted: the marker sits at the committed offset itself.
+    Faust's ``_add_gap`` starts a gap at committed + 1, which held the commit there for good."""
+    stock = Books(20, [21, 22])
+    asyncio.run(faust_fixes._add_gap(stock, TP, 20, 20))
+    assert new_offset(stock, TP) is None
+    books = Books(20, [21, 22])
+    faust_fixes._add_hole(books, TP, 20, 21)
+    assert new_offset(books, TP) == 23
+    books = Books(20, [21])
+    faust_fixes._add_hole(books, TP, 15, 21)  # what lies below the committed offset is no concern of the rule
+    assert new_offset(books, TP) == 22 and books._gap[TP] == IntervalTree()
+
+
 # --- the producer buffer: state writes are handed to the producer before offsets are committed ---------------
 
 class SlowChannel:
@@ -245,6 +270,8 @@ PINNED = {
     "Monitor.on_send_completed": "4942b34ea1f35eaf",
     "App._producer_flush": "35c92baa028d57bd",
     "AIOKafkaConsumerThread.on_thread_stop": "8dfc004e258b6c25",
+    "PartitionRecords._unpack_records": "b803e6d46480732c",
+    "FetchResult.getall": "3e717e30de5068d5",
 }
 
 

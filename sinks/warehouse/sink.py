@@ -53,6 +53,7 @@ class WarehouseSink:
         self.record_names = {**settings.topics.inputs, settings.topics.region_alerts: "RegionAlert"}
         self.database_ok = True  # until a write fails
         self.consumer: AIOKafkaConsumer | None = None
+        self.committed: dict[TopicPartition, int] = {}  # what this sink last committed per partition
 
     # -- the loop -----------------------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -61,7 +62,8 @@ class WarehouseSink:
                                     session_timeout_ms=int(s.kafka_session_timeout_seconds * 1000),
                                     heartbeat_interval_ms=int(s.kafka_heartbeat_seconds * 1000),
                                     group_id=s.sink_group_id, enable_auto_commit=False,
-                                    auto_offset_reset="earliest", max_poll_records=s.sink_batch_size,
+                                    auto_offset_reset="earliest", isolation_level="read_committed",
+                                    max_poll_records=s.sink_batch_size,
                                     max_poll_interval_ms=int(s.sink_max_poll_interval_seconds * 1000))
         await consumer.start()
         self.consumer = consumer
@@ -78,12 +80,17 @@ class WarehouseSink:
         try:
             while True:
                 batch = await self._collect(consumer)
+                reached = await self._positions(consumer)
                 if not batch:
+                    if reached and (pending is None or pending.done()):
+                        if pending is not None:
+                            pending.result()  # a failed write ends the sink before anything past it is committed
+                        await self._commit(consumer, [], reached)
                     continue
                 table_rows = await self._rows(batch)
                 if pending is not None:  # one batch in flight at most; commits stay in batch order
                     await self._wait_polling(consumer, pending)
-                pending = asyncio.create_task(self._write_and_commit(consumer, table_rows, batch))
+                pending = asyncio.create_task(self._write_and_commit(consumer, table_rows, batch, reached))
                 # let the write start (its thread) now: reading the next batch need not suspend, and the task
                 # would otherwise first run at the ``await pending`` above, one batch later: no overlap at all
                 await asyncio.sleep(0)
@@ -195,20 +202,40 @@ class WarehouseSink:
                 db.upsert(conn, table, table_rows, **UPSERT[table])
 
     async def _write_and_commit(self, consumer: AIOKafkaConsumer, table_rows: dict[Table, list[dict]],
-                                batch: list) -> None:
+                                batch: list, reached: dict[TopicPartition, int]) -> None:
         """Written, then committed at once (not when the next batch is in: on a quiet stream that would hold the
         commit back a whole linger)."""
         await self._write(table_rows)
-        await self._commit(consumer, batch)
+        await self._commit(consumer, batch, reached)
 
     @staticmethod
-    async def _commit(consumer: AIOKafkaConsumer, batch: list) -> None:
+    async def _positions(consumer: AIOKafkaConsumer) -> dict[TopicPartition, int]:
+        """Each assigned partition's position right after a batch was read: past every record returned so far
+        and past the transaction markers and aborted records the consumer stepped over after them. Every record
+        before it is in this batch or an earlier one, so once they are written it is the offset to commit:
+        committing only the last record's offset + 1 left a partition that ends in a marker (every upstream
+        transaction's end) one record short for good, shown as lag that never drains."""
+        out = {}
+        for tp in consumer.assignment():
+            try:
+                out[tp] = await asyncio.wait_for(consumer.position(tp), 1)
+            except (IllegalStateError, KafkaError, asyncio.TimeoutError):  # revoked meanwhile, no position yet
+                continue
+        return out
+
+    async def _commit(self, consumer: AIOKafkaConsumer, batch: list, reached: dict[TopicPartition, int]) -> None:
         offsets: dict[TopicPartition, int] = {}
         for m in batch:
             tp = TopicPartition(m.topic, m.partition)
             offsets[tp] = max(offsets.get(tp, 0), m.offset + 1)
+        for tp, position in reached.items():
+            if position != self.committed.get(tp):
+                offsets[tp] = max(offsets.get(tp, 0), position)
+        if not offsets:
+            return
         try:
             await consumer.commit(offsets)
+            self.committed.update(offsets)
         except CommitFailedError as exc:  # the group rebalanced meanwhile: the rows are written, the records
             log.warning("offset commit failed (%s); the records will be re-delivered and upserted again", exc)
 
