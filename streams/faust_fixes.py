@@ -160,6 +160,14 @@ async def _perform_seek_from_earliest_when_uncommitted(self: Consumer) -> None:
         for tp, offset in (await self.earliest_offsets(*uncommitted)).items():
             await self.seek(tp, offset)
             self._committed_offset[tp] = offset  # the first commit must start from here (see _new_offset)
+    batched = getattr(self.app, "batched_topics", {})
+    sought = self.__dict__.setdefault("sought", {})
+    sought.clear()
+    for tp in self.assignment():
+        if tp.topic in batched and self._committed_offset.get(tp) is not None:
+            # aiokafka stands at the committed offset and has returned nothing since (see _unreturned); Faust's
+            # read offset is that offset, or None for offset 0
+            sought[tp] = (self._committed_offset[tp], self._read_offset.get(tp))
 
 
 def _new_offset_without_passing_a_hole(self: Consumer, tp) -> int | None:
@@ -290,7 +298,11 @@ async def _getmany_in_batches(self: Consumer, timeout: float):
         return
     singles = {}
     delivered = self.__dict__.setdefault("delivered", {})
+    sought = self.__dict__.setdefault("sought", {})
     for tp, fetched in records.items():
+        since_seek = _unreturned(self, tp, sought.pop(tp, None))
+        if since_seek is not None:
+            before[tp] = since_seek
         if not (active_partitions is None or tp in active_partitions or tp in self._buffered_partitions):
             delivered.pop(tp, None)
             continue
@@ -324,6 +336,8 @@ async def _getmany_in_batches(self: Consumer, timeout: float):
                 delivered[tp] = (generation_id, last)
     for tp in [tp for tp, (generation, _) in delivered.items() if generation == generation_id]:
         await _skip_unreadable(self, tp, delivered)
+    for tp in [tp for tp in sought if tp not in records]:
+        _skip_unreadable_since_seek(self, tp, sought)
     to_message = self._to_message
     for tp, record in self.scheduler.iterate(singles):
         if not self.flow_active or self.app.consumer_generation_id != generation_id:
@@ -353,6 +367,34 @@ async def _skip_unreadable(self: Consumer, tp, delivered: dict) -> None:
     self._read_offset[tp] = position - 1  # read through them (the consumer lag, the next batch's hole check)
 
 
+def _unreturned(self: Consumer, tp, entry: tuple[int, int] | None) -> int | None:
+    """Where aiokafka stood for ``tp`` when it last returned nothing: the offset a rebalance sought it to (or past
+    the markers stepped over since, ``_skip_unreadable_since_seek``), while the read offset is still the one
+    noted with it (any record delivered since changes it). A worker that committed up to a transaction's marker
+    and restarted stands on that marker: the records first returned after it start one offset later, and the
+    position read before the fetch is none (a fetch begun before the assignment) or already past it."""
+    if entry is None:
+        return None
+    position, read = entry
+    return position if self._read_offset.get(tp) == read else None
+
+
+def _skip_unreadable_since_seek(self: Consumer, tp, sought: dict) -> None:
+    """``_skip_unreadable`` for a partition from which nothing was returned since a rebalance sought it: a fetch
+    that returned no record but stepped over markers or aborted records (a partition whose committed offset is
+    a marker at its end)."""
+    start = _unreturned(self, tp, sought.get(tp))
+    if start is None:
+        del sought[tp]
+        return
+    position = _fetch_position(self, tp)
+    if position is None or position <= start:
+        return
+    _add_hole(self, tp, start, position)
+    self._read_offset[tp] = position - 1
+    sought[tp] = (position, position - 1)
+
+
 def _add_hole(self: Consumer, tp, start: int, end: int) -> None:
     """Offsets ``start`` … ``end - 1`` of ``tp`` hold no record to process: a gap for the commit rule, from the
     committed offset on. Faust's ``_add_gap`` starts at committed + 1, which leaves a marker at the committed
@@ -362,6 +404,7 @@ def _add_hole(self: Consumer, tp, start: int, end: int) -> None:
         start = max(start, committed)
     if start < end:
         self._gap[tp].addi(start, end)
+        self._acked[tp]  # noqa: B018 — Faust commits only the partitions in ``_acked`` (one never acknowledged too)
 
 
 def _assigned(self: Consumer) -> set:

@@ -13,7 +13,7 @@ from streams.simulator import Scenario, SimEvent
 from streams.simulator.publish import Publisher
 from streams.topics import ensure_topics
 from tests.conftest import unique
-from tests.helpers import behind
+from tests.helpers import MixedLoad, behind
 from tests.test_topology import assert_regions_soon
 from tests.test_warehouse import expected_facts, warehouse_facts
 from tests.expected import expected_regions
@@ -65,36 +65,74 @@ def publish_in_transactions(settings: Settings, events: list[SimEvent], seed: in
     return aborted
 
 
+def rewind_to_the_markers(settings: Settings, group: str) -> int:
+    """Sets ``group``'s committed offset of every non-empty input partition to its last offset: the marker that
+    ends the partition's last transaction (every write here is transactional). That is where a worker that died
+    after committing its last record, before it stepped over the marker, resumes. Returns how many were set."""
+    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+    from confluent_kafka.admin import AdminClient
+    from kafka import KafkaConsumer
+    from kafka import TopicPartition as KTopicPartition
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers)
+    try:
+        tps = [KTopicPartition(t, p) for t in settings.topics.inputs for p in range(settings.topic_partitions)]
+        ends = consumer.end_offsets(tps)
+    finally:
+        consumer.close()
+    at = [TopicPartition(tp.topic, tp.partition, end - 1) for tp, end in ends.items() if end > 0]
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
+    admin.alter_consumer_group_offsets([ConsumerGroupTopicPartitions(group, at)])[group].result()
+    return len(at)
+
+
 def test_aborted_transactions_of_a_publisher_count_nowhere_and_leave_no_lag(kafka, registry, tmp_path):
+    """Two rounds: a worker and a sink read a transactional stream to its end; then the worker's group is set
+    back onto the markers that end its partitions (a worker that died before stepping over them), more is
+    published, and a new worker carries on from there. Beside heavy mixed load, as every drill."""
     events = list(Scenario.load(scale=SCALE, bad_share=0.02, duplicate_share=0.02).events(4))
+    first = events[:len(events) * 2 // 3]
     settings = Settings(kafka_bootstrap_servers=kafka.bootstrap, schema_registry_url=registry.url,
                         topic_prefix=unique() + ".", topic_partitions=3, state_dir=tmp_path / "state",
                         app_id=unique("app-"), target_scale=SCALE,
                         warehouse_url=f"sqlite:///{tmp_path / 'warehouse.db'}")
-    aborted = publish_in_transactions(settings, events, seed=5)
-    assert aborted > len(events) // 5
-    worker = Worker(settings, tmp_path / "worker.log").start()
-    sink = Sink(settings, tmp_path / "sink.log").start()
-    try:
-        worker.wait(lambda: sum(worker.events_accounted().values()) >= len(events), 180, "every record accounted")
-        assert_regions_soon(worker, expected_regions(events, scale=SCALE))
-        assert sum(worker.events_accounted().values()) == len(events)
-        sink.wait(lambda: warehouse_facts(settings.warehouse_url) == expected_facts(events), 120,
+    inputs = list(settings.topics.inputs)
+
+    def lag(service: Worker | Sink, name: str) -> dict:
+        return {(dict(labels)["topic"], dict(labels)["partition"]): v for (metric, labels), v in service.metrics().items()
+                if metric == name}
+
+    def caught_up(worker: Worker, sink: Sink, published: list[SimEvent]) -> None:
+        assert_regions_soon(worker, expected_regions(published, scale=SCALE), 180)
+        sink.wait(lambda: warehouse_facts(settings.warehouse_url) == expected_facts(published), 120,
                   "warehouse facts equal to the committed records")
-        inputs = list(settings.topics.inputs)
         # both groups commit past the markers: nothing left to read for a restarted worker or sink
         for group in (settings.app_id, settings.sink_group_id):
-            worker.wait(lambda: behind(settings.kafka_bootstrap_servers, group, inputs) == {}, 60,
-                        f"{group} committed to the end of every input partition")
-
-        def lag(service: Worker | Sink, name: str) -> dict:
-            return {(dict(labels)["topic"], dict(labels)["partition"]): v for (metric, labels), v in service.metrics().items()
-                    if metric == name}
+            try:
+                worker.wait(lambda: behind(settings.kafka_bootstrap_servers, group, inputs) == {}, 60,
+                            f"{group} committed to the end of every input partition")
+            except AssertionError as exc:
+                raise AssertionError(f"{behind(settings.kafka_bootstrap_servers, group, inputs)}: {exc}") from None
         worker.wait(lambda: (got := lag(worker, "jamsostek_consumer_lag_records")) and not any(got.values()), 30,
                     "the worker's consumer lag at 0")
         sink.wait(lambda: (got := lag(sink, "jamsostek_sink_lag_records")) and not any(got.values()), 30,
                   "the sink's lag at 0")
-        assert sum(worker.events_accounted().values()) == len(events)
-    finally:
-        sink.stop()
-        worker.stop()
+
+    aborted = publish_in_transactions(settings, first, seed=5)
+    assert aborted > len(first) // 5
+    with MixedLoad(tmp_path, seconds=600):
+        worker = Worker(settings, tmp_path / "worker.log").start()
+        sink = Sink(settings, tmp_path / "sink.log").start()
+        try:
+            worker.wait(lambda: sum(worker.events_accounted().values()) >= len(first), 180, "every record accounted")
+            caught_up(worker, sink, first)
+            assert sum(worker.events_accounted().values()) == len(first)  # no aborted record was read
+            worker.stop()
+            assert rewind_to_the_markers(settings, settings.app_id) == 3 * settings.topic_partitions
+            aborted += publish_in_transactions(settings, events[len(first):], seed=6)
+            worker = Worker(settings, tmp_path / "worker2.log").start()
+            caught_up(worker, sink, events)
+            # the second worker read nothing of the first round again: only the rest, the markers stepped over
+            assert sum(worker.events_accounted().values()) == len(events) - len(first)
+        finally:
+            sink.stop()
+            worker.stop()
