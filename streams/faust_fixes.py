@@ -335,7 +335,7 @@ async def _getmany_in_batches(self: Consumer, timeout: float):
             if self.app.consumer_generation_id == generation_id and self._read_offset[tp] == last:
                 delivered[tp] = (generation_id, last)
     for tp in [tp for tp, (generation, _) in delivered.items() if generation == generation_id]:
-        await _skip_unreadable(self, tp, delivered)
+        _skip_unreadable(self, tp, delivered)
     for tp in [tp for tp in sought if tp not in records]:
         _skip_unreadable_since_seek(self, tp, sought)
     to_message = self._to_message
@@ -346,7 +346,7 @@ async def _getmany_in_batches(self: Consumer, timeout: float):
         yield tp, to_message(tp, record)
 
 
-async def _skip_unreadable(self: Consumer, tp, delivered: dict) -> None:
+def _skip_unreadable(self: Consumer, tp, delivered: dict) -> None:
     """Registers as a gap the offsets past the last record delivered from ``tp`` that aiokafka skipped without
     returning a record: transaction markers and, reading ``read_committed``, aborted records. Faust's commit rule
     only steps over offsets between two delivered records, so a partition that ends in a marker (every
