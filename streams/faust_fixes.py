@@ -99,7 +99,7 @@ ORIGINALS = {
     # stops the aiokafka consumer, which can raise a fetch's CancelledError (_consumer_stop_through_cancelled_fetch)
     "AIOKafkaConsumerThread.on_thread_stop": AIOKafkaConsumerThread.on_thread_stop,
     # what _skip_unreadable reads: aiokafka's position moves past control and aborted batches after the last
-    # record it returns, and only when it returns records (no fetch of its own moves it)
+    # record it returns, and only when its getmany hands records over (no fetch of its own moves it)
     "PartitionRecords._unpack_records": PartitionRecords._unpack_records,
     "FetchResult.getall": FetchResult.getall,
     # set_durably does what a table set does, batched: the changelog record, its partition, the persisted offset
@@ -161,13 +161,13 @@ async def _perform_seek_from_earliest_when_uncommitted(self: Consumer) -> None:
             await self.seek(tp, offset)
             self._committed_offset[tp] = offset  # the first commit must start from here (see _new_offset)
     batched = getattr(self.app, "batched_topics", {})
-    sought = self.__dict__.setdefault("sought", {})
-    sought.clear()
+    unreturned = self.__dict__.setdefault("unreturned", {})
+    unreturned.clear()
     for tp in self.assignment():
         if tp.topic in batched and self._committed_offset.get(tp) is not None:
             # aiokafka stands at the committed offset and has returned nothing since (see _unreturned); Faust's
             # read offset is that offset, or None for offset 0
-            sought[tp] = (self._committed_offset[tp], self._read_offset.get(tp))
+            unreturned[tp] = (self._committed_offset[tp], self._read_offset.get(tp))
 
 
 def _new_offset_without_passing_a_hole(self: Consumer, tp) -> int | None:
@@ -283,28 +283,24 @@ async def _getmany_in_batches(self: Consumer, timeout: float):
         async for item in _getmany(self, timeout):
             yield item
         return
-    # where aiokafka stood before this fetch: the offsets from there to a partition's first record returned
-    # (transaction markers, aborted records) hold no record to process
-    before = {tp: _fetch_position(self, tp) for tp in _assigned(self) if tp.topic in batched}
     records, active_partitions = await self._wait_next_records(timeout)
     generation_id = self.app.consumer_generation_id
     if records is None or self.should_stop:
         return
     if not self.flow_active:  # as Faust does
+        self.__dict__.get("unreturned", {}).clear()  # the records are dropped (perform_seek notes anew)
         try:
             await self.perform_seek()
         except Exception as exc:
             log.warning("exception performing seek when flow not active %r", exc)
         return
     singles = {}
-    delivered = self.__dict__.setdefault("delivered", {})
-    sought = self.__dict__.setdefault("sought", {})
+    unreturned = self.__dict__.setdefault("unreturned", {})
     for tp, fetched in records.items():
-        since_seek = _unreturned(self, tp, sought.pop(tp, None))
-        if since_seek is not None:
-            before[tp] = since_seek
+        # where aiokafka stood before this fetch: the offsets from there to the first record it returned
+        # (transaction markers, aborted records) hold no record to process
+        before = _unreturned(self, tp, unreturned.pop(tp, None))
         if not (active_partitions is None or tp in active_partitions or tp in self._buffered_partitions):
-            delivered.pop(tp, None)
             continue
         if tp.topic not in batched:
             singles[tp] = fetched
@@ -312,7 +308,7 @@ async def _getmany_in_batches(self: Consumer, timeout: float):
         most = batched[tp.topic]
         for start in range(0, len(fetched), most):
             if not self.flow_active or self.app.consumer_generation_id != generation_id:
-                delivered.clear()  # records left undelivered behind the consumer's position
+                unreturned.clear()  # records left undelivered behind the consumer's position
                 return
             read = self._read_offset[tp]  # the last offset read, or (after a seek) the next one to read
             batch = RecordBatch(r for r in fetched[start:start + most] if read is None or r.offset >= read)
@@ -320,7 +316,7 @@ async def _getmany_in_batches(self: Consumer, timeout: float):
                 continue
             first, last = batch[0].offset, batch[-1].offset
             # offsets aiokafka stepped over before this batch's first record (those left out above were read)
-            after = before.get(tp) if start == 0 else fetched[start - 1].offset + 1
+            after = before if start == 0 else fetched[start - 1].offset + 1
             if after is not None:
                 _add_hole(self, tp, after, fetched[start].offset)
             elif read is not None:  # no position known before the fetch: from the read offset, as Faust does
@@ -330,14 +326,12 @@ async def _getmany_in_batches(self: Consumer, timeout: float):
             message.key, message.value = None, batch
             self.__dict__.setdefault("batch_first", {}).setdefault(tp, {})[last] = first
             self._read_offset[tp] = last - 1
-            delivered.pop(tp, None)
+            unreturned.pop(tp, None)
             yield tp, message
             if self.app.consumer_generation_id == generation_id and self._read_offset[tp] == last:
-                delivered[tp] = (generation_id, last)
-    for tp in [tp for tp, (generation, _) in delivered.items() if generation == generation_id]:
-        _skip_unreadable(self, tp, delivered)
-    for tp in [tp for tp in sought if tp not in records]:
-        _skip_unreadable_since_seek(self, tp, sought)
+                unreturned[tp] = (last + 1, last)  # every record aiokafka returned for tp is delivered
+    for tp in list(unreturned):
+        _skip_unreadable(self, tp, unreturned)
     to_message = self._to_message
     for tp, record in self.scheduler.iterate(singles):
         if not self.flow_active or self.app.consumer_generation_id != generation_id:
@@ -346,53 +340,36 @@ async def _getmany_in_batches(self: Consumer, timeout: float):
         yield tp, to_message(tp, record)
 
 
-def _skip_unreadable(self: Consumer, tp, delivered: dict) -> None:
-    """Registers as a gap the offsets past the last record delivered from ``tp`` that aiokafka skipped without
-    returning a record: transaction markers and, reading ``read_committed``, aborted records. Faust's commit rule
-    only steps over offsets between two delivered records, so a partition that ends in a marker (every
-    transaction's last records are followed by one) was committed one short of its end for good, and one that
-    ends in an aborted transaction as many short as it has aborted records: a restarted worker read them again
-    and an operator saw a lag that never drained. Holds only when every record aiokafka returned for ``tp`` was
-    delivered: ``delivered`` holds the last offset yielded in this generation and is cleared when a fetch's
-    records are left undelivered; a seek sets the read offset elsewhere, which ends the match."""
-    _, last = delivered[tp]
-    if self._read_offset.get(tp) != last:
-        del delivered[tp]
-        return
-    position = _fetch_position(self, tp)
-    if position is None or position <= last + 1:
-        return
-    _add_hole(self, tp, last + 1, position)
-    delivered[tp] = (delivered[tp][0], position - 1)
-    self._read_offset[tp] = position - 1  # read through them (the consumer lag, the next batch's hole check)
-
-
 def _unreturned(self: Consumer, tp, entry: tuple[int, int] | None) -> int | None:
-    """Where aiokafka stood for ``tp`` when it last returned nothing: the offset a rebalance sought it to (or past
-    the markers stepped over since, ``_skip_unreadable_since_seek``), while the read offset is still the one
-    noted with it (any record delivered since changes it). A worker that committed up to a transaction's marker
-    and restarted stands on that marker: the records first returned after it start one offset later, and the
-    position read before the fetch is none (a fetch begun before the assignment) or already past it."""
+    """Where aiokafka stands for ``tp`` if it has returned no record since ``entry`` was noted: ``entry`` is
+    (that position, the read offset then), valid while the read offset is unchanged (a record delivered or a
+    seek changes it). Noted where a rebalance's seek put it (the committed offset), after the last record
+    delivered, and past what ``_skip_unreadable`` stepped over."""
     if entry is None:
         return None
     position, read = entry
     return position if self._read_offset.get(tp) == read else None
 
 
-def _skip_unreadable_since_seek(self: Consumer, tp, sought: dict) -> None:
-    """``_skip_unreadable`` for a partition from which nothing was returned since a rebalance sought it: a fetch
-    that returned no record but stepped over markers or aborted records (a partition whose committed offset is
-    a marker at its end)."""
-    start = _unreturned(self, tp, sought.get(tp))
+def _skip_unreadable(self: Consumer, tp, unreturned: dict) -> None:
+    """Registers as a hole the offsets aiokafka stepped over for ``tp`` since it last returned a record (or since
+    a rebalance sought it), without returning one: transaction markers and, reading ``read_committed``, aborted
+    records. Faust's commit rule only steps over offsets between two delivered records, so a partition that
+    ends in a marker (every transaction's last records are followed by one) was committed one short of its end
+    for good, one that ends in an aborted transaction as many short as it has aborted records, and one whose
+    committed offset is a marker (a worker that died before stepping over it) never moved: a restarted worker
+    read them again and an operator saw a lag that never drained. The read offset moves past them (the consumer
+    lag, the next batch's hole check)."""
+    start = _unreturned(self, tp, unreturned[tp])
     if start is None:
-        del sought[tp]
+        del unreturned[tp]
         return
     position = _fetch_position(self, tp)
     if position is None or position <= start:
         return
     _add_hole(self, tp, start, position)
     self._read_offset[tp] = position - 1
-    sought[tp] = (position, position - 1)
+    unreturned[tp] = (position, position - 1)
 
 
 def _add_hole(self: Consumer, tp, start: int, end: int) -> None:
@@ -405,13 +382,6 @@ def _add_hole(self: Consumer, tp, start: int, end: int) -> None:
     if start < end:
         self._gap[tp].addi(start, end)
         self._acked[tp]  # noqa: B018 — Faust commits only the partitions in ``_acked`` (one never acknowledged too)
-
-
-def _assigned(self: Consumer) -> set:
-    try:
-        return self.assignment()
-    except Exception:  # no consumer yet, or stopping
-        return set()
 
 
 def _fetch_position(self: Consumer, tp) -> int | None:
