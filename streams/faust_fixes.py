@@ -56,6 +56,7 @@ from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.structs import TopicPartition as KafkaTopicPartition
 from faust import App, Schema, Table, Topic
 from faust.stores.base import SerializedStore
+from faust.stores.memory import Store as MemoryStore
 from faust.tables.base import Collection
 from faust.sensors import Monitor
 from faust.serializers import codecs
@@ -562,6 +563,16 @@ async def set_durably(table, writes: list[tuple[dict, object]]) -> None:
     for delivery, count in sent:
         metadata = await delivery
         table.data.set_persisted_offset(metadata.topic_partition, metadata.offset + count - 1)
+
+
+def store_get(table):
+    """``table.get`` without the Table layer: the store's own lookup, what ``set_durably`` writes to. A Faust
+    table's ``get`` goes through ``Mapping.get``, the table's ``__getitem__`` (its sensors' ``on_table_get``, its
+    ``__missing__`` check) and a KeyError for each key not there: ~4 % of the worker's samples in a 1M backlog
+    for the participant stage's reads (2026-11-28). The memory store's is the dictionary's ``get``. Called per
+    batch (a store is made once per table, but nothing here relies on it)."""
+    store = table.data
+    return store.data.get if isinstance(store, MemoryStore) else store.get
 
 
 def _changelog_encoders(table) -> tuple:

@@ -88,6 +88,7 @@ async def agent(topo, inputs: dict[str, str], stream):
         last: dict[str, object] = {}  # mark -> its last event in the batch
         ticks: dict[str, int] = {}  # mark -> its clock, if it entered a new day in the batch
         now, latest = time.time(), topo.settings.latest_event_ms()
+        lags = []  # seconds from event time to now, one per valid record: observed together
         await topo.serde.fetch_writers(message.value for _, message in _records(events))  # off the loop
         for event in events:  # placed as the contract's partitioner places its key? (counted, not acted on)
             if misplaced := partitioner.misplaced(event.value, partitions):
@@ -129,7 +130,8 @@ async def agent(topo, inputs: dict[str, str], stream):
             out[pe_partition(pkey, partitions)].append(record)
             if seen.tick is not None:
                 ticks[mark] = seen.tick
-            EVENT_LAG.observe(max(now - at / 1000, 0))
+            lags.append(max(now - at / 1000, 0))
+        EVENT_LAG.observe_many(lags)
         for mark, at in ticks.items():
             # a partition's clock entered a new day: one watermark per batch (where the batch left the clock)
             # to every participant-events partition, behind every record of the batch ("everything from this

@@ -3,8 +3,15 @@
 GC collectors in each); a metric both do (redactions) is registered in both."""
 from __future__ import annotations
 
+import bisect
+import math
+import threading
+from collections.abc import Iterable
+
 from prometheus_client import (GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR, CollectorRegistry, Counter, Gauge,
                                Histogram)
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.registry import Collector
 
 WORKER_REGISTRY = CollectorRegistry(auto_describe=True)
 SINK_REGISTRY = CollectorRegistry(auto_describe=True)
@@ -32,6 +39,44 @@ def gauge(name, doc, labels=(), registries=W) -> Gauge:
 
 def histogram(name, doc, registries=W, **kwargs) -> Histogram:
     return _register(Histogram(name, doc, registry=None, **kwargs), registries)
+
+
+class BatchHistogram(Collector):
+    """A histogram without labels observed a batch of values at a time (``observe_many``): one lock and one
+    update per bucket per batch. ``Histogram.observe`` takes a lock per call and walks the buckets in Python,
+    ~0.9 µs a value — per input record, the largest metric cost of the hot path (2026-11-28). Exposed as
+    ``Histogram`` is (``_bucket{le}``, ``_count``, ``_sum``)."""
+
+    def __init__(self, name: str, documentation: str, buckets: Iterable[float]):
+        self.name, self.documentation = name, documentation
+        self.bounds = sorted(float(b) for b in buckets if b != math.inf) + [math.inf]
+        self._counts = [0] * len(self.bounds)
+        self._sum = 0.0
+        self._lock = threading.Lock()
+
+    def observe_many(self, values: Iterable[float]) -> None:
+        """Each value counted in the first bucket whose bound is not below it, as ``Histogram.observe`` does."""
+        counts, total = [0] * len(self.bounds), 0.0
+        for value in values:
+            counts[bisect.bisect_left(self.bounds, value)] += 1
+            total += value
+        with self._lock:
+            self._counts = [a + b for a, b in zip(self._counts, counts)]
+            self._sum += total
+
+    def collect(self):
+        with self._lock:
+            counts, total = list(self._counts), self._sum
+        cumulative, buckets = 0, []
+        for bound, n in zip(self.bounds, counts):
+            cumulative += n
+            buckets.append(("+Inf" if bound == math.inf else repr(bound), cumulative))
+        family = HistogramMetricFamily(self.name, self.documentation)
+        family.add_metric([], buckets, total)
+        yield family
+
+    def describe(self):
+        yield HistogramMetricFamily(self.name, self.documentation)
 
 
 # -- the worker -------------------------------------------------------------------------------------------------
@@ -64,8 +109,9 @@ ALERT_FIRING = gauge("jamsostek_region_alert_firing", "1 per stall alert firing 
 CLAIMS_PAID = counter("jamsostek_claims_paid_idr", "Paid claim amounts (IDR)", ["region", "program"])
 STREAM_CLOCK = gauge("jamsostek_stream_clock_seconds", "Event time (Unix seconds) up to which every region's figures "
                      "are complete (the read model's low watermark); stands still when the feed falls silent")
-EVENT_LAG = histogram("jamsostek_event_lag_seconds", "Processing time minus event time",
-                      buckets=(0.1, 0.5, 1, 5, 30, 60, 300, 3600, 86400, 7 * 86400, 30 * 86400, 365 * 86400))
+EVENT_LAG = _register(BatchHistogram("jamsostek_event_lag_seconds", "Processing time minus event time",
+                                     buckets=(0.1, 0.5, 1, 5, 30, 60, 300, 3600, 86400, 7 * 86400, 30 * 86400,
+                                              365 * 86400)), W)
 CONSUMER_LAG = gauge("jamsostek_consumer_lag_records", "Input records not yet read by this worker, per assigned "
                      "partition (series of revoked partitions are removed)", ["topic", "partition"])
 ALERTS = counter("jamsostek_alerts", "Stall alert transitions raised by this worker", ["kind", "status"])

@@ -5,8 +5,8 @@ versioned stored form.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
-import hmac
 from datetime import datetime, timezone
 
 import msgspec
@@ -15,6 +15,9 @@ from streams import clock, demography, stall
 from streams.reference import Region
 from streams.state import Participant, RegionState, copy_region
 
+SHA256_BLOCK = 64  # bytes: HMAC pads its key to the hash's block size
+_IPAD = bytes(x ^ 0x36 for x in range(256))  # byte translations XORing the padded key (RFC 2104)
+_OPAD = bytes(x ^ 0x5C for x in range(256))
 SEEN_LIMIT = 256  # event-id hashes kept per participant for dedup (~20 years of monthly payments)
 MONTHLY_FEE_IDR = 16_800  # a sponsored vulnerable worker: JKK Rp10,000 + JKM Rp6,800 a month (docs/domain.md)
 PRE_REGISTRATION_LIMIT = 12  # contributions read before their participant's registration, kept with their time
@@ -30,9 +33,25 @@ COUNTED = ("reg", "contrib", "claim")  # the deltas of applied events whose day 
 
 
 # -- pseudonyms and periods -------------------------------------------------------------------------
+@functools.lru_cache(maxsize=8)
+def _hmac_pads(key: bytes) -> tuple:
+    """HMAC-SHA256's two keyed hash states (RFC 2104: the key, hashed when longer than a block, padded to the
+    block and XORed with 0x36 and 0x5c), computed once per key: ``hmac.new`` pads and hashes the key again on
+    every call, which took two thirds of a pseudonym's ~2.9 µs (2026-11-28)."""
+    if len(key) > SHA256_BLOCK:
+        key = hashlib.sha256(key).digest()
+    key = key.ljust(SHA256_BLOCK, b"\0")
+    return (hashlib.sha256(key.translate(_IPAD)), hashlib.sha256(key.translate(_OPAD)))
+
+
 def participant_key(nik: str, key: bytes) -> str:
-    """Keyed HMAC-SHA256 of the NIK (hex, 128 bits kept): stable, not reversible without the key."""
-    return hmac.new(key, nik.encode(), hashlib.sha256).hexdigest()[:32]
+    """Keyed HMAC-SHA256 of the NIK (hex, 128 bits kept): stable, not reversible without the key. The same value
+    as ``hmac.new(key, nik.encode(), hashlib.sha256).hexdigest()[:32]`` (tests/test_rules.py), ~3× faster."""
+    inner, outer = _hmac_pads(key)
+    inner, outer = inner.copy(), outer.copy()
+    inner.update(nik.encode())
+    outer.update(inner.digest())
+    return outer.hexdigest()[:32]
 
 
 def event_hash(event_id: str) -> int:

@@ -416,6 +416,39 @@ def test_a_rocksdb_store_of_our_tables_reads_and_writes_faust_s_bytes_and_values
     assert type(store)._decode_value is faust_fixes._store_decode_value  # what the store's reads go through
 
 
+@pytest.mark.parametrize("store", ["memory://", "rocksdb://"])
+def test_the_store_s_own_lookup_gives_what_the_table_s_get_gives(tmp_path, store):
+    """``store_get`` (the participant stage's reads) against ``Table.get`` for each store: values written as the
+    stage writes them (bytes, through the store) and as a restore leaves them (dicts), missing keys, falsy
+    values."""
+    import asyncio
+    import types
+
+    import faust
+    from faust.types import TP
+
+    faust_fixes.install()
+    app = faust.App(f"store-get-{store[:3]}", store=store, datadir=str(tmp_path), topic_partitions=1)
+    table = app.Table("participants", default=None, key_type=str)
+    faust_fixes.dead_letter_undecodable(table, lambda message, reason: None)
+
+    async def reads():
+        if store.startswith("rocksdb"):  # a RocksDB store opens its partitions' databases when assigned
+            await table.data.on_rebalance(set(), {TP(table.changelog_topic.get_topic_name(), 0)}, set(), 0)
+        values = {"a": b'{"v":1,"pt":24312}', "b": {"v": 1, "pt": 5}, "c": {}, "d": 0}
+        class Event:  # what routes RocksDB's partition: the event's message's partition
+            message = types.SimpleNamespace(partition=0)
+        event = Event()
+        with faust_fixes.routed_by(event):  # as the stage reads and writes
+            for key, value in values.items():
+                table.data[key] = value
+            get = faust_fixes.store_get(table)
+            return [(get(key), table.get(key)) for key in [*values, "missing"]]
+    pairs = asyncio.run(reads())
+    assert len(pairs) == 5 and all(mine == theirs for mine, theirs in pairs), pairs
+    assert pairs[-1] == (None, None)
+
+
 def test_the_app_s_monitor_keeps_no_per_record_bookkeeping(tmp_path):
     from faust.sensors import Monitor
 

@@ -1,5 +1,5 @@
 """Unit tier: the readiness answer, per-partition gauges that forget revoked partitions, the one retry policy,
-which series each process registers, and the worker's garbage-collector thresholds."""
+which series each process registers, the batch histogram, and the worker's garbage-collector thresholds."""
 from __future__ import annotations
 
 import asyncio
@@ -7,12 +7,13 @@ import gc
 import logging
 
 import pytest
-from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from hypothesis import given, strategies as st
+from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
 
 from streams import metrics
 from streams.app import tune_collector
 from streams.config import Settings
-from streams.metrics import PartitionGauge
+from streams.metrics import BatchHistogram, PartitionGauge
 from streams.probes import readiness
 from streams.retrying import retried, retrying, wait_policy
 
@@ -190,3 +191,26 @@ def test_the_worker_s_allocator_keeps_to_its_arena_limit():
     assert arenas(2) == ("True", 2)
     applied, default = arenas(0)
     assert applied == "False" and default > 2
+
+
+@given(st.lists(st.one_of(st.floats(min_value=0, max_value=1e9), st.sampled_from([0.1, 0.5, 1.0, 3600.0, 86400.0]),
+                          st.integers(min_value=0, max_value=10**8)), max_size=60),
+       st.integers(min_value=1, max_value=4))
+def test_a_batch_histogram_exposes_what_a_histogram_observing_one_value_at_a_time_does(values, batches):
+    bounds = (0.1, 0.5, 1, 5, 3600, 86400)
+    registry, reference = CollectorRegistry(), CollectorRegistry()
+    batched = BatchHistogram("lag_seconds", "doc", buckets=bounds)
+    registry.register(batched)
+    one_by_one = Histogram("lag_seconds", "doc", buckets=bounds, registry=reference)
+    for n in range(batches):  # the values split over several batches
+        batched.observe_many(values[n::batches])
+    for value in values:
+        one_by_one.observe(value)
+
+    def samples(reg):
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value for family in reg.collect()
+                for s in family.samples if not s.name.endswith("_created")}
+    got, want = samples(registry), samples(reference)
+    assert got.keys() == want.keys()
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, rel=1e-9), key

@@ -6,6 +6,7 @@ import uuid
 import pytest
 from hypothesis import given, strategies as st
 
+from streams import validation
 from streams.validation import Invalid, check, is_valid_nik, parse_period
 
 BASE = {"event_id": str(uuid.uuid4()), "occurred_at": 1_735_700_000_000, "nik": "6472014107850003",
@@ -82,3 +83,19 @@ def test_parse_period():
 @given(st.text(max_size=20))
 def test_nik_rule_matches_definition(text):
     assert is_valid_nik(text) == (len(text) == 16 and all(c in "0123456789" for c in text))
+
+
+def _uuid_accepts(text) -> bool:
+    try:
+        uuid.UUID(text)
+    except (ValueError, TypeError, AttributeError):
+        return False
+    return True
+
+
+@given(st.one_of(st.uuids().map(str), st.uuids().map(lambda u: str(u).upper()), st.uuids().map(lambda u: u.hex),
+                 st.uuids().map(lambda u: f"{{{u}}}"), st.uuids().map(lambda u: f"urn:uuid:{u}"),
+                 st.uuids().map(lambda u: str(u)[:-1] + "g"), st.uuids().map(lambda u: str(u) + "\n"),
+                 st.text(max_size=40), st.none(), st.integers()))
+def test_uuid_check_accepts_what_uuid_accepts(text):
+    assert validation.is_uuid(text) == _uuid_accepts(text)
