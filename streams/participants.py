@@ -106,10 +106,11 @@ async def agent(topo, stream):
     in_order = faust_fixes.InOrder(topo.app, topo.participant_events.get_topic_name())
 
     async for events in stream.take_events(settings.batch_messages, within=settings.batch_seconds):
-        stored = faust_fixes.store_get(topo.participants)
+        stored = faust_fixes.store_get(topo.participants)  # the durable states, read past the Table layer
 
         def durable(key: str) -> state.Participant | None:
             return state.participant_from_stored(stored(key))
+
         # each message folded in turn over the states the batch's earlier messages left; written together
         states: dict[int, tuple[dict[str, state.Participant], object]] = {}  # partition -> (new states, an event)
         clocks_of: dict[int, clocks.SourceClock] = {}
