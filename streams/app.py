@@ -180,5 +180,5 @@ def create_app(settings: Settings) -> Topology:
 
     @app.task
     async def dump_tasks_on_sigusr1():  # after mode's Worker installed its own SIGUSR1 handler: replaces it
-        stacks.install(asyncio.get_running_loop())
+        stacks.install(asyncio.get_running_loop(), report=partial(faust_fixes.fetch_report, app))
     return topo

@@ -1110,6 +1110,40 @@ def worker_state(app) -> dict[str, bool]:
             "recovered": app.tables.recovery.completed.is_set()}
 
 
+def fetch_report(app) -> str:
+    """Where this worker's fetching stands, for ``kill -USR1`` (streams/stacks.py): the consumer thread's own
+    asyncio tasks (aiokafka's fetch and coordination run there, not on the worker's loop), then Faust's flow and
+    paused partitions and, per assigned partition, aiokafka's position, pause and reset state, what its fetcher
+    holds for it and Faust's read and committed offsets — last, so that the tail of a log shows them. Read
+    without locks from another thread: a diagnostic, not state."""
+    from streams import stacks
+    consumer = app.consumer
+    lines = []
+    try:
+        lines.append(stacks.format_tasks(consumer._thread.thread_loop))
+        lines.append(f"--- fetch state: flow_active={consumer.flow_active} "
+                     f"paused={sorted(map(tuple, consumer._paused_partitions))} "
+                     f"buffered={sorted(map(tuple, consumer._buffered_partitions))} "
+                     f"generation={app.consumer_generation_id} rebalancing={app.rebalancing} ---")
+        kafka = consumer._thread._ensure_consumer()
+        assignment = kafka._subscription.subscription.assignment
+        fetcher = kafka._fetcher
+        lines.append(f"fetcher: task_done={fetcher._fetch_task.done()} in_flight={sorted(fetcher._in_flight)} "
+                     f"pending_tasks={len(fetcher._pending_tasks)} assignment_active={assignment.active} "
+                     f"coordinator={getattr(kafka._coordinator, 'coordinator_id', None)}")
+        for tp in sorted(assignment.tps):
+            state = assignment.state_value(tp)
+            held = fetcher._records.get(tp)
+            lines.append(f"{tp.topic}[{tp.partition}] position={state._position} paused={state.paused} "
+                         f"reset={state._reset_strategy} highwater={state.highwater} lso={state.lso} "
+                         f"held={type(held).__name__ if held is not None else None} "
+                         f"read={consumer._read_offset.get(tp)} committed={consumer._committed_offset.get(tp)} "
+                         f"unreturned={consumer.__dict__.get('unreturned', {}).get(tp)}")
+    except Exception as exc:  # stopping, no assignment: report what failed instead
+        lines.append(f"(fetch state unavailable: {exc!r})")
+    return "\n".join(lines) + "\n"
+
+
 def installed_versions() -> dict[str, str]:
     return {name: version(name) for name in VERSIONS}
 
@@ -1140,3 +1174,4 @@ def install(bulk_restore: bool = True) -> None:
         Recovery.on_recovery_completed = _on_recovery_completed_without_dropping
         Recovery._resume_streams = _resume_streams_without_dropping
     Recovery._build_offsets = _build_offsets_then_restore_in_bulk if bulk_restore else _build_offsets
+

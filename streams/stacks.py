@@ -14,7 +14,8 @@ import inspect
 import signal
 import sys
 import traceback
-from typing import TextIO
+from functools import partial
+from typing import Callable, TextIO
 
 MAX_DEPTH = 200
 
@@ -69,20 +70,23 @@ def format_tasks(loop: asyncio.AbstractEventLoop | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def dump_tasks(out: TextIO | None = None) -> None:
+def dump_tasks(out: TextIO | None = None, report: Callable[[], str] | None = None) -> None:
+    """Every task's chain, then ``report()`` (what else the process knows of where it stands)."""
     out = out or sys.__stderr__  # the process's own (mode puts a logging proxy without a file in sys.stderr)
     out.write(format_tasks())
+    if report is not None:
+        out.write(report())
     out.flush()
 
 
-def install(loop: asyncio.AbstractEventLoop) -> None:
+def install(loop: asyncio.AbstractEventLoop, report: Callable[[], str] | None = None) -> None:
     """``kill -USR1``: every thread's stack at once, from the signal handler itself (faulthandler), so a loop
     busy in one long call shows where; then every task's chain, from the loop as soon as it runs again. Replaces
     mode's SIGUSR1 dump, which stops at each agent's ``await coro``."""
     # a registration made before the loop ran (streams/cli.py) is dropped first: registered again, faulthandler
     # would keep the handler it saved then, and leave the loop's (installed since) in place of its own
     faulthandler.unregister(signal.SIGUSR1)
-    loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
+    loop.add_signal_handler(signal.SIGUSR1, partial(dump_tasks, report=report))
     # then the loop's handler above; to the process's stderr (a file descriptor: faulthandler writes from the
     # signal handler, and mode's sys.stderr is a logging proxy without one)
     faulthandler.register(signal.SIGUSR1, file=sys.__stderr__, all_threads=True, chain=True)

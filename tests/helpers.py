@@ -105,6 +105,18 @@ def behind(bootstrap: str, group: str, topics) -> dict[str, tuple[int, int]]:
         consumer.close()
 
 
+def end_offsets(bootstrap: str, topics) -> dict[tuple[str, int], int]:
+    """(topic, partition) -> its end offset, for every partition of ``topics``."""
+    from confluent_kafka import Consumer, TopicPartition
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "end-offsets"})
+    try:
+        metadata = consumer.list_topics(timeout=10).topics
+        return {(t, p): consumer.get_watermark_offsets(TopicPartition(t, p), timeout=10)[1]
+                for t in topics if t in metadata for p in metadata[t].partitions}
+    finally:
+        consumer.close()
+
+
 def assigned_members(bootstrap: str, group: str) -> int:
     """Members of consumer group ``group`` that hold partitions now (0 while it rebalances)."""
     from confluent_kafka.admin import AdminClient

@@ -17,7 +17,7 @@ from streams.simulator.publish import Publisher
 from streams.topics import ensure_topics
 from tests.conftest import unique
 from tests.expected import comparable, expected_alerts, expected_regions
-from tests.helpers import WebhookReceiver, assigned_members, niks_in, read_all
+from tests.helpers import WebhookReceiver, assigned_members, end_offsets, niks_in, read_all
 from tests.worker import Sink, Worker
 
 DAY = 86_400_000
@@ -179,6 +179,22 @@ def test_no_nik_in_internal_topics_or_changelogs(run, kafka):
         assert not niks_in(blob, niks), f"raw NIK found in {topic}"
         scanned += len(blob)
     assert scanned > 1_000_000
+
+
+def test_sigusr1_reports_where_fetching_stands(run):
+    """``kill -USR1``: after the tasks, each input partition's fetch state (aiokafka's position at the end of what
+    was published, Faust's committed offset) and the consumer thread's tasks, aiokafka's fetch routine among them."""
+    settings, events, worker, _ = run
+    before = len(worker.log.read_text(errors="replace"))
+    worker.dump_stacks()
+    worker.wait(lambda: "--- fetch state" in worker.log.read_text(errors="replace")[before:], 30, "the dump")
+    worker.wait(lambda: "_fetch_requests_routine" in worker.log.read_text(errors="replace")[before:], 30, "the dump")
+    dump = worker.log.read_text(errors="replace")[before:]
+    for (topic, partition), end in end_offsets(settings.kafka_bootstrap_servers, settings.topics.inputs).items():
+        line = re.search(rf"^{re.escape(topic)}\[{partition}\] position=(\d+) paused=False .* committed=(\S+) ", dump,
+                         re.MULTILINE)
+        assert line and int(line[1]) == end, (topic, partition, end, line and line[0])
+    assert "flow_active=True" in dump and "task_done=False" in dump
 
 
 def test_web_views(run):

@@ -55,7 +55,7 @@ class Service:
                 pass
             time.sleep(0.5)
         self.dump_stacks()
-        raise AssertionError(f"timed out waiting for {what}\n{self.tail()}")
+        raise AssertionError(f"timed out waiting for {what}\n{self.tail(80)}")
 
     def dump_stacks(self) -> None:
         """Every thread's stack into the log (the worker registers faulthandler on SIGUSR1): what a hang was
