@@ -220,3 +220,21 @@ def test_work_accident_deaths_are_flagged_and_end_the_worker_events():
     for e in paid:  # no payment after the death benefit's month
         assert not [x for x in events if x.key == e.key and x.record_name == "Contribution"
                     and x.occurred_at > e.occurred_at + 40 * 86_400_000]
+
+
+def test_events_the_broker_refuses_are_reported_not_lost_silently(settings):
+    """A topic that takes no record as large as an event: librdkafka drops the sends and reports only to a delivery
+    callback; ``flush`` says how many failed and why instead of returning as if they were delivered."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient, NewTopic
+    from streams.simulator.publish import Publisher
+    topic = next(t for t, name in settings.topics.inputs.items() if name == "Registration")
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
+    admin.create_topics([NewTopic(topic, 1, 1, config={"max.message.bytes": "64"})])[topic].result(30)
+    events = [e for e in Scenario.load(scale=0.001).events(1) if e.record_name == "Registration"][:5]
+    publisher = Publisher(settings)
+    for event in events:
+        publisher.send(event)
+    with pytest.raises(KafkaException, match=r"5 messages not delivered: \{'MSG_SIZE_TOO_LARGE': 5\}"):
+        publisher.flush(30)
+    publisher.flush(30)  # reported once: nothing further failed since

@@ -42,8 +42,15 @@ def wire_value(serde: AvroSerde, topic: str, event: SimEvent) -> bytes:
 
 
 class Publisher:
+    """Sends events as an upstream system would, and knows what the broker did not take: librdkafka retries a
+    send until ``message.timeout.ms`` (5 min by default), then drops it and tells only a delivery callback.
+    Without one, events sent while a broker was away longer than that (or refused by it) were lost silently:
+    ``flush`` returned with nothing left in the queue. ``failed`` counts the failures by error, and ``flush``
+    raises while there are any."""
+
     def __init__(self, settings: Settings, serde: AvroSerde | None = None, **producer_conf):
         self.settings = settings
+        self.failed: Counter = Counter()
         self.serde = serde or AvroSerde(settings.schema_registry_url)
         self.topic_for = {name: topic for topic, name in settings.topics.inputs.items()}
         self.producer = Producer({
@@ -62,17 +69,27 @@ class Publisher:
         while True:
             try:
                 # Kafka timestamp = publish time, as for a live upstream; event time travels in `occurred_at`
-                self.producer.produce(topic, value=value, key=event.key.encode(), **where)
+                self.producer.produce(topic, value=value, key=event.key.encode(), on_delivery=self._delivered,
+                                      **where)
                 break
             except BufferError:  # local queue full: let deliveries drain
                 self.producer.poll(0.1)
         self.producer.poll(0)
         return topic
 
+    def _delivered(self, err, _message) -> None:
+        if err is not None:
+            self.failed[err.name()] += 1
+
     def flush(self, timeout: float = 60) -> None:
+        """Every event sent so far delivered, or ``KafkaException`` saying how many were not and why (the
+        failures are then forgotten: they were reported)."""
         remaining = self.producer.flush(timeout)
         if remaining:
             raise KafkaException(f"{remaining} messages still undelivered after {timeout}s")
+        if self.failed:
+            failed, self.failed = self.failed, Counter()
+            raise KafkaException(f"{sum(failed.values())} messages not delivered: {dict(failed)}")
 
     def publish(self, events: Iterable[SimEvent], rate: float = 0, stats: PublishStats | None = None,
                 on_progress: Callable[[PublishStats, SimEvent], None] | None = None) -> PublishStats:
@@ -89,8 +106,11 @@ class Publisher:
                 if ahead > 0:
                     self.producer.poll(0)
                     time.sleep(ahead)
-            if on_progress is not None and stats.sent % 250 == 0:
-                on_progress(stats, event)
+            if stats.sent % 250 == 0:
+                if self.failed:  # a live run stops at the first loss it hears of, saying why (flush raises)
+                    self.flush()
+                if on_progress is not None:
+                    on_progress(stats, event)
         self.flush()
         stats.seconds += time.monotonic() - start
         return stats
