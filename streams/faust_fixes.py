@@ -71,6 +71,7 @@ from faust.types import TP
 from faust.types.enums import ProcessingGuarantee
 from faust.utils.functional import consecutive_numbers
 
+from streams import stacks
 from streams.faults import stage_failed
 
 #: the versions these patches were written against and checked on (tests/test_faust_fixes.py also pins the source
@@ -1116,7 +1117,6 @@ def fetch_report(app) -> str:
     paused partitions and, per assigned partition, aiokafka's position, pause and reset state, what its fetcher
     holds for it and Faust's read and committed offsets — last, so that the tail of a log shows them. Read
     without locks from another thread: a diagnostic, not state."""
-    from streams import stacks
     consumer = app.consumer
     lines = []
     try:
@@ -1174,4 +1174,3 @@ def install(bulk_restore: bool = True) -> None:
         Recovery.on_recovery_completed = _on_recovery_completed_without_dropping
         Recovery._resume_streams = _resume_streams_without_dropping
     Recovery._build_offsets = _build_offsets_then_restore_in_bulk if bulk_restore else _build_offsets
-

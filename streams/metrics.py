@@ -44,8 +44,8 @@ def histogram(name, doc, registries=W, **kwargs) -> Histogram:
 class BatchHistogram(Collector):
     """A histogram without labels observed a batch of values at a time (``observe_many``): one lock and one
     update per bucket per batch. ``Histogram.observe`` takes a lock per call and walks the buckets in Python,
-    1.2 µs a value against 0.15 µs here (README, "Benchmark") — per input record, the largest metric cost of the hot path (2026-11-28). Exposed as
-    ``Histogram`` is (``_bucket{le}``, ``_count``, ``_sum``)."""
+    1.2 µs a value against 0.15 µs here (README, "Benchmark") — per input record, the largest metric cost of the
+    hot path (2026-11-28). Exposed as ``Histogram`` is (``_bucket{le}``, ``_count``, ``_sum``)."""
 
     def __init__(self, name: str, documentation: str, buckets: Iterable[float]):
         self.name, self.documentation = name, documentation

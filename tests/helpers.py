@@ -90,28 +90,33 @@ def behind(bootstrap: str, group: str, topics) -> dict[str, tuple[int, int]]:
     every partition of ``topics`` with records past it: what a drill that timed out waiting for commits was stuck
     on."""
     from confluent_kafka import Consumer, TopicPartition
+    marks = watermarks(bootstrap, topics)
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
     try:
-        metadata = consumer.list_topics(timeout=10).topics
-        tps = [TopicPartition(t, p) for t in topics if t in metadata for p in metadata[t].partitions]
-        out = {}
-        for tp in consumer.committed(tps, timeout=10):
-            low, high = consumer.get_watermark_offsets(tp, timeout=10)
-            start = tp.offset if tp.offset >= 0 else low
-            if start < high:
-                out[f"{tp.topic}[{tp.partition}]"] = (start, high)
-        return out
+        committed = consumer.committed([TopicPartition(t, p) for t, p in marks], timeout=10)
     finally:
         consumer.close()
+    out = {}
+    for tp in committed:
+        low, high = marks[(tp.topic, tp.partition)]
+        start = tp.offset if tp.offset >= 0 else low
+        if start < high:
+            out[f"{tp.topic}[{tp.partition}]"] = (start, high)
+    return out
 
 
 def end_offsets(bootstrap: str, topics) -> dict[tuple[str, int], int]:
     """(topic, partition) -> its end offset, for every partition of ``topics``."""
+    return {tp: high for tp, (_, high) in watermarks(bootstrap, topics).items()}
+
+
+def watermarks(bootstrap: str, topics) -> dict[tuple[str, int], tuple[int, int]]:
+    """(topic, partition) -> (earliest offset, end offset), for every partition of ``topics`` that exists."""
     from confluent_kafka import Consumer, TopicPartition
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "end-offsets"})
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "watermarks"})
     try:
         metadata = consumer.list_topics(timeout=10).topics
-        return {(t, p): consumer.get_watermark_offsets(TopicPartition(t, p), timeout=10)[1]
+        return {(t, p): consumer.get_watermark_offsets(TopicPartition(t, p), timeout=10)
                 for t in topics if t in metadata for p in metadata[t].partitions}
     finally:
         consumer.close()

@@ -182,8 +182,9 @@ def test_no_nik_in_internal_topics_or_changelogs(run, kafka):
 
 
 def test_sigusr1_reports_where_fetching_stands(run):
-    """``kill -USR1``: after the tasks, each input partition's fetch state (aiokafka's position at the end of what
-    was published, Faust's committed offset) and the consumer thread's tasks, aiokafka's fetch routine among them."""
+    """``kill -USR1``: after the tasks, the consumer thread's tasks (aiokafka's fetch routine among them), then each
+    input partition's fetch state: aiokafka's position at the end of what was published, not paused, beside
+    Faust's read and committed offsets."""
     settings, events, worker, _ = run
     before = len(worker.log.read_text(errors="replace"))
     worker.dump_stacks()
@@ -191,8 +192,8 @@ def test_sigusr1_reports_where_fetching_stands(run):
     worker.wait(lambda: "_fetch_requests_routine" in worker.log.read_text(errors="replace")[before:], 30, "the dump")
     dump = worker.log.read_text(errors="replace")[before:]
     for (topic, partition), end in end_offsets(settings.kafka_bootstrap_servers, settings.topics.inputs).items():
-        line = re.search(rf"^{re.escape(topic)}\[{partition}\] position=(\d+) paused=False .* committed=(\S+) ", dump,
-                         re.MULTILINE)
+        line = re.search(rf"^{re.escape(topic)}\[{partition}\] position=(\d+) paused=False .* read=\S+ committed=\S+ ",
+                         dump, re.MULTILINE)
         assert line and int(line[1]) == end, (topic, partition, end, line and line[0])
     assert "flow_active=True" in dump and "task_done=False" in dump
 
