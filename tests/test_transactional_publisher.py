@@ -136,3 +136,71 @@ def test_aborted_transactions_of_a_publisher_count_nowhere_and_leave_no_lag(kafk
         finally:
             sink.stop()
             worker.stop()
+
+
+def test_the_alert_sink_posts_only_committed_transitions_and_drains_its_lag(settings, tmp_path):
+    """Under ``exactly_once`` the worker writes its alert transitions in transactions: one it aborted never
+    happened. The alert sink (run in-process, its own group) POSTs exactly the committed transitions, in order, and
+    commits past the markers and aborted records — including a partition that ends in an aborted transaction —
+    so its group is left with nothing to read."""
+    import asyncio
+    from confluent_kafka import Producer
+    from sinks.alerts.webhook import run_alert_sink
+    from streams.serde import AvroSerde
+    from tests.helpers import WebhookReceiver
+    from tests.test_serde import ALERT
+
+    webhook = WebhookReceiver()
+    settings = settings.model_copy(update={"app_id": unique("app-"), "topic_partitions": 2,
+                                           "alert_webhook_url": webhook.url})
+    ensure_topics(settings)
+    topic, serde = settings.topics.region_alerts, AvroSerde(settings.schema_registry_url)
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers,
+                         "transactional.id": unique("worker-")})
+    producer.init_transactions(30)
+    committed, sent = [], 0
+    for n in range(12):  # committed and aborted in turn; each partition's last transaction is an aborted one
+        alert = {**ALERT, "alert_id": f"64.11:NO_REGISTRATIONS:{n}", "occurred_at": ALERT["occurred_at"] + n}
+        producer.begin_transaction()
+        producer.produce(topic, key=alert["region_code"].encode(), value=serde.encode(topic, "RegionAlert", alert),
+                         partition=n // 2 % 2)
+        sent += 1
+        if n % 2:
+            producer.flush(30)  # on the broker (a read_uncommitted reader sees it) before the abort
+            producer.abort_transaction(30)
+        else:
+            producer.commit_transaction(30)
+            committed.append(alert)
+
+    async def deliver() -> None:
+        task = asyncio.create_task(run_alert_sink(settings))
+        try:
+            for _ in range(600):
+                await asyncio.sleep(0.1)
+                if task.done():
+                    task.result()  # what crashed it
+                if len(webhook.received) >= len(committed) and not behind(
+                        settings.kafka_bootstrap_servers, f"{settings.sink_group_id}-webhook", [topic]):
+                    return
+            raise AssertionError(f"{len(webhook.received)} of {len(committed)} POSTed; left to read: "
+                                 f"{behind(settings.kafka_bootstrap_servers, f'{settings.sink_group_id}-webhook', [topic])}")
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    try:
+        asyncio.run(deliver())
+    finally:
+        webhook.close()
+    fingerprint = {a["alert_id"]: alertmanager_fingerprint(a) for a in committed}
+    posted = [p["alerts"][0]["fingerprint"] for p in webhook.received]
+    assert sorted(posted) == sorted(fingerprint.values())  # every committed one once, no aborted one
+    for partition in (0, 1):  # in order within a partition
+        assert [f for f in posted if f in {fingerprint[a["alert_id"]] for a in committed[partition::2]}] == \
+            [fingerprint[a["alert_id"]] for a in committed[partition::2]]
+    assert sent == 2 * len(committed)
+
+
+def alertmanager_fingerprint(alert: dict) -> str:
+    from sinks.alerts.webhook import alertmanager_payload
+    return alertmanager_payload(alert)["alerts"][0]["fingerprint"]

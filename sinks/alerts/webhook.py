@@ -5,7 +5,9 @@ Receivers written for Alertmanager (chat bridges, incident tools, Alertmanager-c
 as they are. It runs in the `sink` process as a consumer group of its own (``<sink group>-webhook``), so a slow
 receiver never holds the warehouse back and the worker never waits for HTTP. A transition's offset is committed
 once it is delivered, so a crash or restart re-sends at most the uncommitted ones (receivers deduplicate on the
-alert's fingerprint, which is stable). A failed POST is retried (streams/retrying.py, ``attempts`` times); what
+alert's fingerprint, which is stable). It reads ``read_committed``, as the warehouse sink does: a transition the
+worker wrote in a transaction it then aborted (``PROCESSING_GUARANTEE=exactly_once``) never happened and is never
+POSTed. A failed POST is retried (streams/retrying.py, ``attempts`` times); what
 still fails is logged, counted (``jamsostek_alert_webhook_failures_total``, alerted on) and passed over.
 """
 from __future__ import annotations
@@ -18,7 +20,9 @@ from datetime import datetime, timezone
 import aiohttp
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import CommitFailedError
 
+from sinks.positions import positions
 from streams.config import Settings
 from streams.metrics import WEBHOOK_DELIVERED, WEBHOOK_FAILURES
 from streams.retrying import retrying
@@ -85,18 +89,32 @@ class WebhookSender:
 
 async def run_alert_sink(settings: Settings) -> None:
     """Consume the alerts topic from the group's committed offsets (the earliest, the first time) and deliver each
-    transition in partition order; commit after each fetched run of a partition is delivered."""
+    transition in partition order; commit after each fetched run of a partition is delivered. The offset committed
+    is the consumer's position, not the last alert's + 1: a transaction's marker (and aborted records) after it
+    would otherwise stay as lag that never drains."""
     sender = WebhookSender(settings.alert_webhook_url)
     serde = AvroSerde(settings.schema_registry_url)
     consumer = AIOKafkaConsumer(settings.topics.region_alerts, **settings.aiokafka_conf(),
                                 group_id=f"{settings.sink_group_id}-webhook", enable_auto_commit=False,
-                                auto_offset_reset="earliest")
+                                auto_offset_reset="earliest", isolation_level="read_committed")
+    committed: dict[TopicPartition, int] = {}
+
+    async def commit(offsets: dict[TopicPartition, int]) -> None:
+        if not offsets:
+            return
+        try:
+            await consumer.commit(offsets)
+            committed.update(offsets)
+        except CommitFailedError as exc:  # the group rebalanced meanwhile: re-sent, receivers deduplicate
+            log.warning("alert sink: offset commit failed (%s); what it covered is sent again", exc)
+
     await consumer.start()
     log.info("alert sink: %s -> %s", settings.topics.region_alerts, settings.alert_webhook_url)
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
             while True:
                 fetched = await consumer.getmany(timeout_ms=1000, max_records=100)
+                reached = await positions(consumer)  # past what was returned and the markers after it
                 for tp, messages in fetched.items():
                     for message in messages:
                         try:
@@ -105,6 +123,8 @@ async def run_alert_sink(settings: Settings) -> None:
                             log.error("alert sink: skipping undecodable %s@%d (%s)", tp, message.offset, exc.reason)
                             continue
                         await sender.deliver(session, alert)
-                    await consumer.commit({TopicPartition(tp.topic, tp.partition): messages[-1].offset + 1})
+                    await commit({tp: reached.get(tp, messages[-1].offset + 1)})
+                # partitions that returned nothing but moved: markers and aborted records stepped over
+                await commit({tp: offset for tp, offset in reached.items() if committed.get(tp) != offset})
     finally:
         await consumer.stop()

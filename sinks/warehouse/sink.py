@@ -20,11 +20,12 @@ from collections import Counter, defaultdict
 from datetime import datetime, timezone
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.errors import CommitFailedError
 from sqlalchemy import Table
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from sinks.alerts.webhook import run_alert_sink
+from sinks.positions import positions
 from sinks.warehouse import db, rows
 from sinks.warehouse.models import FACT_TABLES, UPSERT, region_alert, region_snapshot
 from streams import validation
@@ -80,7 +81,7 @@ class WarehouseSink:
         try:
             while True:
                 batch = await self._collect(consumer)
-                reached = await self._positions(consumer)
+                reached = await positions(consumer)
                 if not batch:
                     if reached and (pending is None or pending.done()):
                         if pending is not None:
@@ -207,21 +208,6 @@ class WarehouseSink:
         commit back a whole linger)."""
         await self._write(table_rows)
         await self._commit(consumer, batch, reached)
-
-    @staticmethod
-    async def _positions(consumer: AIOKafkaConsumer) -> dict[TopicPartition, int]:
-        """Each assigned partition's position right after a batch was read: past every record returned so far
-        and past the transaction markers and aborted records the consumer stepped over after them. Every record
-        before it is in this batch or an earlier one, so once they are written it is the offset to commit:
-        committing only the last record's offset + 1 left a partition that ends in a marker (every upstream
-        transaction's end) one record short for good, shown as lag that never drains."""
-        out = {}
-        for tp in consumer.assignment():
-            try:
-                out[tp] = await asyncio.wait_for(consumer.position(tp), 1)
-            except (IllegalStateError, KafkaError, asyncio.TimeoutError):  # revoked meanwhile, no position yet
-                continue
-        return out
 
     async def _commit(self, consumer: AIOKafkaConsumer, batch: list, reached: dict[TopicPartition, int]) -> None:
         offsets: dict[TopicPartition, int] = {}
