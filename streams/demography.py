@@ -6,12 +6,16 @@ age band at the event's time and the sex. Counts over them are published only fo
 ``MIN_CELL`` people (docs/domain.md "Breakdowns and small cells")."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
+import calendar
+import functools
+from datetime import date, timedelta
 from typing import Mapping, NamedTuple
 
 UNKNOWN = "unknown"
 AGE_BANDS = ("<25", "25-34", "35-44", "45-54", "55+")
 MIN_CELL = 10  # fewer people than this in a cell: not shown (BPS and statistical offices use 3-10; we take 10)
+_MONTH_DAYS = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+_EPOCH = date(1970, 1, 1)
 
 
 class Attributes(NamedTuple):
@@ -30,20 +34,29 @@ def age_band(age: int) -> str:
 def from_nik(nik: str, region_code: str, at_ms: int) -> Attributes:
     """The attributes of a 16-digit NIK registering in ``region_code`` at ``at_ms``. A NIK issued by another
     regency (people move) has no district here; an impossible birth date gives no age or sex. Two-digit years are
-    the latest year not after the event's (a worker is not born after registering)."""
+    the latest year not after the event's (a worker is not born after registering).
+
+    Called for every registration: the event's date comes from a cache of days and the birth date is checked by
+    arithmetic, not by building datetimes (3.7 → 2.3 µs a registration beside a busy machine, 2026-11-29: under 1 %
+    of the worker; the same attributes as the datetime version, tests/test_demography.py)."""
     district = f"{region_code}.{nik[4:6]}" if nik[:4] == region_code.replace(".", "") and nik[4:6] != "00" \
         else UNKNOWN
     day, month, yy = int(nik[6:8]), int(nik[8:10]), int(nik[10:12])
     sex = "female" if day > 40 else "male"
     day -= 40 if day > 40 else 0
-    at = datetime.fromtimestamp(at_ms / 1000, tz=timezone.utc)
-    year = 2000 + yy if 2000 + yy <= at.year else 1900 + yy
-    try:
-        born = datetime(year, month, day, tzinfo=timezone.utc)
-    except ValueError:
+    at_year, at_month, at_day = _civil_date(at_ms // 86_400_000)
+    year = 2000 + yy if 2000 + yy <= at_year else 1900 + yy
+    if not 1 <= month <= 12 or not 1 <= day <= (29 if month == 2 and calendar.isleap(year) else _MONTH_DAYS[month - 1]):
         return Attributes(district, UNKNOWN, UNKNOWN)
-    age = at.year - born.year - ((at.month, at.day) < (born.month, born.day))
+    age = at_year - year - ((at_month, at_day) < (month, day))
     return Attributes(district, age_band(age), sex)
+
+
+@functools.lru_cache(maxsize=4096)
+def _civil_date(day_number: int) -> tuple[int, int, int]:
+    """(year, month, day) of a UTC day (days since 1970-01-01); events fall on few days."""
+    d = _EPOCH + timedelta(days=day_number)
+    return d.year, d.month, d.day
 
 
 def suppressed(cells: Mapping[str, int], minimum: int = MIN_CELL) -> dict[str, int | None]:
