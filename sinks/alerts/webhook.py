@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 import aiohttp
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import CommitFailedError
+from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from sinks.positions import positions
 from streams.config import Settings
@@ -105,7 +105,7 @@ async def run_alert_sink(settings: Settings) -> None:
         try:
             await consumer.commit(offsets)
             committed.update(offsets)
-        except CommitFailedError as exc:  # the group rebalanced meanwhile: re-sent, receivers deduplicate
+        except (CommitFailedError, IllegalStateError) as exc:  # rebalanced meanwhile: re-sent, receivers deduplicate
             log.warning("alert sink: offset commit failed (%s); what it covered is sent again", exc)
 
     await consumer.start()
