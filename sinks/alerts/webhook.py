@@ -7,8 +7,8 @@ receiver never holds the warehouse back and the worker never waits for HTTP. A t
 once it is delivered, so a crash or restart re-sends at most the uncommitted ones (receivers deduplicate on the
 alert's fingerprint, which is stable). It reads ``read_committed``, as the warehouse sink does: a transition the
 worker wrote in a transaction it then aborted (``PROCESSING_GUARANTEE=exactly_once``) never happened and is never
-POSTed. A failed POST is retried (streams/retrying.py, ``attempts`` times); what
-still fails is logged, counted (``jamsostek_alert_webhook_failures_total``, alerted on) and passed over.
+POSTed. A failed POST is retried (streams/retrying.py, ``attempts`` times); what still fails is logged, counted
+(``jamsostek_alert_webhook_failures_total``, alerted on) and passed over.
 """
 from __future__ import annotations
 
