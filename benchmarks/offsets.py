@@ -52,15 +52,22 @@ def records_present(settings: Settings, topics) -> int:
     return sum(1 for _ in records(settings, topics))
 
 
-def backlog(settings: Settings, group: str, topics=None) -> int:
+def backlog(settings: Settings, group: str, topics=None, ends: dict[tuple[str, int], int] | None = None) -> int:
     """Records of ``topics`` (default: every topic ``group`` has committed on) that ``group`` has not committed
-    past; a partition without a commit counts whole."""
+    past; a partition without a commit counts whole. ``ends``: the end offsets to measure against ((topic,
+    partition) -> offset, as ``ends_of`` gave them earlier) instead of where the topics end now."""
     admin = AdminClient(settings.librdkafka_conf())  # kept alive until the future resolves
     committed = {(tp.topic, tp.partition): max(tp.offset, 0) for tp in
                  admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])[group].result()
                  .topic_partitions}
-    topics = sorted({t for t, _ in committed}) if topics is None else topics
-    return sum(end - committed.get(tp, 0) for tp, end in _ends(settings, topics).items())
+    if ends is None:
+        ends = _ends(settings, sorted({t for t, _ in committed}) if topics is None else topics)
+    return sum(max(end - committed.get(tp, 0), 0) for tp, end in ends.items())
+
+
+def ends_of(settings: Settings, topics) -> dict[tuple[str, int], int]:
+    """(topic, partition) -> end offset now, for ``backlog(..., ends=...)``."""
+    return _ends(settings, topics)
 
 
 def run_to_the_end(settings: Settings, command: list[str], group: str, total: int, log: Path,
