@@ -14,7 +14,8 @@ from streams.config import Settings
 from tests.helpers import committed_offsets
 
 
-def _ends(settings: Settings, topics) -> dict[tuple[str, int], int]:
+def ends_of(settings: Settings, topics) -> dict[tuple[str, int], int]:
+    """(topic, partition) -> end offset now, for every partition of ``topics``."""
     consumer = Consumer({**settings.librdkafka_conf(), "group.id": "bench-offsets"})
     try:
         metadata = consumer.list_topics(timeout=30)
@@ -26,12 +27,12 @@ def _ends(settings: Settings, topics) -> dict[tuple[str, int], int]:
 
 def end_offsets(settings: Settings, topics) -> int:
     """Records ever written to ``topics`` (sum of their partitions' end offsets)."""
-    return sum(_ends(settings, topics).values())
+    return sum(ends_of(settings, topics).values())
 
 
 def records(settings: Settings, topics) -> Iterator:
     """Every record a full read of ``topics`` yields now (confluent-kafka messages), from each log's start."""
-    ends = {tp: end for tp, end in _ends(settings, topics).items() if end > 0}
+    ends = {tp: end for tp, end in ends_of(settings, topics).items() if end > 0}
     consumer = Consumer({**settings.librdkafka_conf(), "group.id": "bench-offsets", "enable.auto.commit": False,
                          "enable.partition.eof": True})
     try:
@@ -61,13 +62,8 @@ def backlog(settings: Settings, group: str, topics=None, ends: dict[tuple[str, i
                  admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])[group].result()
                  .topic_partitions}
     if ends is None:
-        ends = _ends(settings, sorted({t for t, _ in committed}) if topics is None else topics)
+        ends = ends_of(settings, sorted({t for t, _ in committed}) if topics is None else topics)
     return sum(max(end - committed.get(tp, 0), 0) for tp, end in ends.items())
-
-
-def ends_of(settings: Settings, topics) -> dict[tuple[str, int], int]:
-    """(topic, partition) -> end offset now, for ``backlog(..., ends=...)``."""
-    return _ends(settings, topics)
 
 
 def run_to_the_end(settings: Settings, command: list[str], group: str, total: int, log: Path,

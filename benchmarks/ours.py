@@ -105,9 +105,11 @@ def run_worker(settings: Settings, events: list[SimEvent], workdir: Path, advanc
                 return False
             # several workers: records re-read around a rebalance are accounted twice, so the count can reach the
             # total early; the inputs (which do not grow) committed to their ends say ingest has sent everything
-            if workers > 1 and backlog(settings, settings.app_id, ends=ends_of(settings, settings.topics.inputs)):
+            now = ends_of(settings, watched)
+            inputs = {tp: end for tp, end in now.items() if tp[0] in settings.topics.inputs}
+            if workers > 1 and backlog(settings, settings.app_id, ends=inputs):
                 return False
-            ends.update(ends_of(settings, watched))
+            ends.update(now)
         return backlog(settings, settings.app_id, ends=ends) == 0
     group[0].wait(done, 7200, "the workers through the whole backlog")
     seconds = time.perf_counter() - started
