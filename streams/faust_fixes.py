@@ -1104,6 +1104,11 @@ def read_positions(app) -> dict:
             for tp in consumer.assignment()}
 
 
+def assigned_partitions(app, topic: str) -> list[int]:
+    """The partitions of ``topic`` this worker's consumer holds now (none before its first assignment)."""
+    return sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == topic)
+
+
 def worker_state(app) -> dict[str, bool]:
     """Readiness inputs Faust knows: a member of its group (not rebalancing, partitions assigned) and the tables
     recovered from their changelogs."""

@@ -154,8 +154,11 @@ def register(topo) -> None:
 
     @topo.app.timer(max(settings.clock_idle_seconds / 3, 1.0))
     async def recheck_idle_sources():
-        """Idleness is a matter of wall time: re-check each partition's clock even when no tick arrives."""
-        for partition in range(settings.topic_partitions):
+        """Idleness is a matter of wall time: re-check each partition's clock even when no tick arrives. Only the
+        partitions this worker holds: their owner is who re-checks them, so with N workers, ticks to every
+        partition from each made N times the ticks (each a participant-stage batch and, when a clock moves, a
+        region-stage one)."""
+        for partition in faust_fixes.assigned_partitions(topo.app, topo.participant_events.get_topic_name()):
             await topo.participant_events.send(
                 key=None, value=faust_fixes.json_value({"events": [{"kind": "Tick", "src": None, "at": 0}]}),
                 partition=partition)

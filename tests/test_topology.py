@@ -7,6 +7,7 @@ import collections
 import json
 import re
 from datetime import datetime, timezone
+import time
 import uuid
 
 import pytest
@@ -559,3 +560,36 @@ def test_worker_consumer_fetches_a_bounded_amount_per_partition(kafka, registry,
         await consumer.stop()
         return consumer._max_partition_fetch_bytes
     assert asyncio.run(fetch_size()) == 192 << 10
+
+
+def test_each_participant_partition_is_rechecked_for_idleness_by_its_owner_only(kafka, registry, tmp_path):
+    """Two idle workers: every participant-events partition still gets the idle re-check ticks (a source's clock
+    must move on wall time alone), and from one worker only — the one that holds it (each sent to every
+    partition before: twice the ticks, each a participant-stage batch)."""
+    settings = Settings(kafka_bootstrap_servers=kafka.bootstrap, schema_registry_url=registry.url,
+                        topic_prefix=unique() + ".", topic_partitions=4, state_dir=tmp_path / "a",
+                        app_id=unique("app-"), target_scale=SCALE)
+    ensure_topics(settings)
+    topic = f"{settings.app_id}-participant-events"
+    period = 1.0  # CLOCK_IDLE_SECONDS / 3 (streams/participants.py), at least a second
+    a = Worker(settings, tmp_path / "a.log", CLOCK_IDLE_SECONDS="3")
+    b = Worker(settings, tmp_path / "b.log", STATE_DIR=str(tmp_path / "b"), CLOCK_IDLE_SECONDS="3")
+    try:
+        a.start()
+        b.start()
+        b.wait(lambda: assigned_members(settings.kafka_bootstrap_servers, settings.app_id) == 2, 120,
+               "both workers assigned partitions")
+        start = end_offsets(settings.kafka_bootstrap_servers, [topic])
+        window = 12.0
+        time.sleep(window)
+        ends = end_offsets(settings.kafka_bootstrap_servers, [topic])
+        assert assigned_members(settings.kafka_bootstrap_servers, settings.app_id) == 2, "no rebalance meanwhile"
+    finally:
+        a.stop()
+        b.stop()
+    ticks = collections.Counter(r.partition for r in read_all(settings.kafka_bootstrap_servers, topic)
+                                if start[(topic, r.partition)] <= r.offset < ends[(topic, r.partition)]
+                                for v in json.loads(r.value)["events"] if v["kind"] == "Tick" and v["src"] is None)
+    assert set(ticks) == set(range(settings.topic_partitions)), ticks  # every partition re-checked
+    # one sender: about a tick a period (timers only fall behind under load); two senders made ~2 a period
+    assert max(ticks.values()) <= 1.5 * window / period + 2, ticks
