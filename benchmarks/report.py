@@ -39,7 +39,7 @@ def markdown(r: dict) -> str:
               f"{s['copy']['rows_per_s']:,} rows/s (ratio {ratio(s['sink']['rows_per_s'], s['copy']['rows_per_s'])}).",
               "", f"Latency, publish → region table visible, offered {lat['offered_per_s']:,}/s "
               f"(achieved {lat['achieved_per_s']:,}/s, {lat['measured']:,} events): p50 {lat['p50_ms']:,} ms, "
-              f"p99 {lat['p99_ms']:,} ms.", "",
+              f"p99 {lat['p99_ms']:,} ms{latency_detail(lat)}.", "",
               f"Recovery from the changelogs, all tables ({rec['participants']:,} participant keys; "
               f"{rec['changelog_records']:,} records read of {rec.get('changelog_written', 0):,} written, the rest "
               f"compacted away): {rec['seconds']} s of restoring "
@@ -94,3 +94,14 @@ def chart(r: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def latency_detail(lat: dict) -> str:
+    """The latency run's steady part and hops (runs before 2026-11-29 have neither)."""
+    if "hops" not in lat:
+        return ""
+    steady, hops = lat["after_first_tenth"], lat["hops"]
+    return (f"; after the run's first tenth p50 {steady['p50_ms']:,} ms, p99 {steady['p99_ms']:,} ms; by hop (the "
+            f"records' timestamps): publication → participant events sent p50 {hops['ingest']['p50_ms']:,} ms, "
+            f"p99 {hops['ingest']['p99_ms']:,} ms; → the first region delta p50 "
+            f"{hops['participants']['p50_ms']:,} ms, p99 {hops['participants']['p99_ms']:,} ms")

@@ -34,6 +34,9 @@ def test_quick_benchmark_runs_every_part_and_results_equal_the_fold(kafka, regis
     assert mix["Registration"] + mix["Contribution"] + mix["Claim"] == mix["events"]
     assert max(mix["by_region"], key=mix["by_region"].get) == "64.08"  # Kutai Timur largest (its own programme)
     assert results["latency"]["measured"] == results["latency"]["events"]
+    hops = results["latency"]["hops"]  # every event found in the worker's participant events, and its deltas'
+    assert hops["ingest"]["events"] == hops["participants"]["events"] == results["latency"]["events"]
+    assert 0 <= hops["ingest"]["p50_ms"] <= hops["ingest"]["p99_ms"]
     assert results["sink"]["sink"]["rows"] == results["sink"]["copy"]["rows"] == mix["events"]
     assert results["recovery"]["changelog_records"] >= mix["participants"]
     keys = results["restore_keys"]  # a restore of 20,000 keys written one record each, with both stores
