@@ -11,14 +11,13 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
-from benchmarks.offsets import backlog, end_offsets, ends_of, records, records_present
+from benchmarks.offsets import backlog, committed, end_offsets, ends_of, records, records_present
 from sinks.warehouse import db, rows
 from sinks.warehouse.models import FACT_TABLES
 from streams.config import Settings
 from streams.simulator import SimEvent
 from streams.simulator.publish import Publisher
 from tests.expected import expected_regions
-from tests.helpers import committed_offsets
 from tests.worker import Sink, Worker
 
 
@@ -93,9 +92,10 @@ def run_worker(settings: Settings, events: list[SimEvent], workdir: Path, advanc
     def done() -> bool:
         """Every input record accounted for (the participant stage counts an event once its deltas and state are
         written), then the group committed up to where the watched topics ended at that moment. Not up to where
-        they end *now*: each worker's idle re-check sends a tick to every participant-events partition every
-        second (``CLOCK_IDLE_SECONDS`` 3), Faust commits every 2.8 s, and with two workers the topics were never
-        all committed at one poll — a 1M run waited 10 minutes for it (2026-11-29)."""
+        they end *now*: each worker's idle re-check sends a tick to each participant-events partition it holds
+        every second (``CLOCK_IDLE_SECONDS`` 3; to every partition, before), Faust commits every 2.8 s, and with
+        two workers the topics were never all committed at one poll — a 1M run waited 10 minutes for it
+        (2026-11-29)."""
         nonlocal seen
         all_running()
         if not ends:
@@ -308,7 +308,7 @@ def run_sink(settings: Settings, total: int, workdir: Path, advance: Callable[[i
 
     def done() -> bool:
         nonlocal seen
-        n = committed_offsets(settings.kafka_bootstrap_servers, settings.sink_group_id, set(settings.topics.inputs))
+        n = sum(committed(settings, settings.sink_group_id, set(settings.topics.inputs)).values())
         advance(n - seen)
         seen = n
         return n >= total
