@@ -191,13 +191,14 @@ def main(quick: bool = typer.Option(False, help="a small run (< 2 min): smoke te
 
         # latency at a fixed offered rate: a fresh pipeline, events published at the rate while it runs
         offered = round(min(rate, 0.5 * tp["ours (memory)"]["events_per_s"]))  # at 80 % a queue built up: p50 14 s
-        live = workload.generate(max(int(offered * (3 if quick else 20)), 500), seed=11)
+        warmup = int(offered * (1 if quick else 2))  # about a second or two, not measured (ours.latency)
+        live = workload.generate(max(int(offered * (3 if quick else 20)), 500) + warmup, seed=11)
         live_settings = settings_for(unique("l") + ".")
         workload.preload(live_settings, [])
         task = progress.add_task(f"ours: latency at {offered:,}/s", total=1)
         worker = ours.Worker(live_settings, workdir / "worker-latency.log").start(timeout=180)
         try:
-            results["latency"] = ours.latency(live_settings, worker, live, offered)
+            results["latency"] = ours.latency(live_settings, worker, live, offered, warmup)
         finally:
             worker.stop()
         progress.update(task, completed=1)

@@ -38,7 +38,8 @@ def markdown(r: dict) -> str:
     lines += ["", f"Sink → PostgreSQL: {s['sink']['rows_per_s']:,} rows/s; plain COPY of the same rows: "
               f"{s['copy']['rows_per_s']:,} rows/s (ratio {ratio(s['sink']['rows_per_s'], s['copy']['rows_per_s'])}).",
               "", f"Latency, publish → region table visible, offered {lat['offered_per_s']:,}/s "
-              f"(achieved {lat['achieved_per_s']:,}/s, {lat['measured']:,} events): p50 {lat['p50_ms']:,} ms, "
+              f"(achieved {lat['achieved_per_s']:,}/s, {lat['measured']:,} events"
+              f"{warmed(lat)}): p50 {lat['p50_ms']:,} ms, "
               f"p99 {lat['p99_ms']:,} ms{latency_detail(lat)}.", "",
               f"Recovery from the changelogs, all tables ({rec['participants']:,} participant keys; "
               f"{rec['changelog_records']:,} records read of {rec.get('changelog_written', 0):,} written, the rest "
@@ -105,3 +106,9 @@ def latency_detail(lat: dict) -> str:
             f"records' timestamps): publication → participant events sent p50 {hops['ingest']['p50_ms']:,} ms, "
             f"p99 {hops['ingest']['p99_ms']:,} ms; → the first region delta p50 "
             f"{hops['participants']['p50_ms']:,} ms, p99 {hops['participants']['p99_ms']:,} ms")
+
+
+def warmed(lat: dict) -> str:
+    """The latency run's warm-up, if it had one (runs before 2026-11-29 did not)."""
+    n = lat.get("warmup_events", 0)
+    return f", after {n:,} events of warm-up at the rate, not measured" if n else ""
