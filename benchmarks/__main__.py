@@ -198,6 +198,7 @@ def main(quick: bool = typer.Option(False, help="a small run (< 2 min): smoke te
         task = progress.add_task(f"ours: latency at {offered:,}/s", total=1)
         worker = ours.Worker(live_settings, workdir / "worker-latency.log").start(timeout=180)
         try:
+            worker.wait(worker.ready_to_work, 180, "the worker ready (/readyz)")
             results["latency"] = ours.latency(live_settings, worker, live, offered, warmup)
         finally:
             worker.stop()

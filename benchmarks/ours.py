@@ -223,10 +223,10 @@ def restore_of_keys(source: Settings, app_id: str, workdir: Path, keys: int, pro
 def latency(settings: Settings, worker: Worker, events: list[SimEvent], rate: float, warmup: int = 0) -> dict:
     """Publish ``events`` at ``rate`` per second to a running worker; the latency of event i is the time from its
     publication until the region tables (the worker's /regions) have applied i + 1 events past the baseline.
-    The first ``warmup`` events go first, at the rate, and are waited for, not measured: a worker that has just
-    reported ready still takes about a second to fetch its first records (500 events/s, fresh topics: the first
-    second's records reached ingest up to 1.3 s after the broker appended them, none later; none at all when the
-    worker had run 10 s first, 2026-11-29), which is its start, not its latency at the rate."""
+    ``worker`` must be ready (``/readyz``), not only alive: publishing from when ``/healthz`` answered, the first
+    second's records waited for Faust's fetcher to start (500 events/s: ingest reached them up to 1.3 s after
+    the broker appended them; from ``/readyz``, 3.5 s later, none over 0.4 s, 2026-11-29). The first ``warmup``
+    events then go first, at the rate, and are waited for, not measured: the latency at a rate, not a start."""
     publisher = Publisher(settings, **{"linger.ms": 5})
     if warmup:
         before, start = processed(worker.regions()), time.perf_counter()
