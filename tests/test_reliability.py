@@ -11,7 +11,6 @@ import signal
 import time
 
 import pytest
-import requests
 
 from streams.config import Settings
 from streams.faust_fixes import STOP_OVERDUE_EXIT
@@ -144,7 +143,7 @@ def test_a_worker_joins_then_one_leaves_totals_stay_exact(kafka, registry, tmp_p
         publish(settings, parts[1])  # read by a while b joins
         # b owns its partitions before the next part: a may well have read every record there was by the time b's
         # join completed, and b then had nothing to count (the wait below timed out in 2 of 23 runs, 2026-11-27)
-        b.wait(lambda: requests.get(b.url("/readyz/"), timeout=5).status_code == 200, 120, "the second worker ready")
+        b.wait(b.ready_to_work, 120, "the second worker ready")
         publish(settings, parts[2])
         b.wait(lambda: sum(b.events_accounted().values()) > 0, 120, "the second worker taking a share")
         a.stop()   # the first one leaves mid-stream: b takes over its partitions and restores their tables

@@ -215,7 +215,7 @@ def test_web_views(run):
     assert requests.get(worker.url("/livez"), timeout=5).json() | {"app": None} == \
         {"status": "ok", "app": None, "loop": settings.event_loop,  # uvloop unless configured otherwise
          "gc": [700, 10, settings.gc_full_every]}  # CPython's young thresholds, rare full collections
-    worker.wait(lambda: requests.get(worker.url("/readyz"), timeout=5).status_code == 200, 60, "the worker ready")
+    worker.wait(worker.ready_to_work, 60, "the worker ready")
     # the alert schema and the three inputs' writer schemas, asked for at start (streams/serde.py ``warm``)
     assert re.search(r"schema registry warmed: schema ids \[\d+, \d+, \d+, \d+\]", worker.log.read_text())
     assert requests.get(worker.url("/readyz/"), timeout=5).json()["checks"] == {

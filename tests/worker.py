@@ -119,7 +119,7 @@ class Worker(Service):
     def ready_to_work(self) -> bool:
         """Its readiness probe: assigned partitions, tables recovered, read model loaded, lag known. ``ready``
         (what ``start`` waits for) is its liveness: it answers seconds before records are fetched."""
-        return requests.get(self.url("/readyz/"), timeout=2).status_code == 200
+        return requests.get(self.url("/readyz/"), timeout=5).status_code == 200
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.web_port}{path}"
