@@ -8,10 +8,11 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from streams.config import Settings
+from tests.helpers import committed_by_partition
 
 
 @functools.cache
@@ -26,11 +27,9 @@ def admin(settings: Settings) -> AdminClient:
 
 
 def committed(settings: Settings, group: str, topics=None) -> dict[tuple[str, int], int]:
-    """(topic, partition) -> the offset ``group`` has committed, 0 where the listing has none (-1); every
-    partition the group's offsets list, of ``topics`` if given."""
-    result = admin(settings).list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])[group].result()
-    return {(tp.topic, tp.partition): max(tp.offset, 0) for tp in result.topic_partitions
-            if topics is None or tp.topic in topics}
+    """(topic, partition) -> the offset ``group`` has committed (tests/helpers.py ``committed_by_partition``),
+    through the benchmark's one admin client."""
+    return committed_by_partition(admin(settings), group, topics)
 
 
 def ends_of(settings: Settings, topics) -> dict[tuple[str, int], int]:

@@ -72,12 +72,17 @@ def niks_in(blob: bytes | str, niks: set[str]) -> set[str]:
 
 def committed_offsets(bootstrap: str, group: str, topics=None) -> int:
     """Sum of the committed offsets of consumer group ``group`` (over ``topics`` if given)."""
-    from confluent_kafka import ConsumerGroupTopicPartitions
     from confluent_kafka.admin import AdminClient
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    return sum(committed_by_partition(AdminClient({"bootstrap.servers": bootstrap}), group, topics).values())
+
+
+def committed_by_partition(admin, group: str, topics=None) -> dict[tuple[str, int], int]:
+    """(topic, partition) -> the offset consumer group ``group`` has committed, 0 where the listing has none (-1);
+    every partition the group's offsets list, of ``topics`` if given. ``admin``: a confluent-kafka AdminClient."""
+    from confluent_kafka import ConsumerGroupTopicPartitions
     result = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])[group].result()
-    return sum(tp.offset for tp in result.topic_partitions
-               if tp.offset >= 0 and (topics is None or tp.topic in topics))
+    return {(tp.topic, tp.partition): max(tp.offset, 0) for tp in result.topic_partitions
+            if topics is None or tp.topic in topics}
 
 
 def unread(bootstrap: str, group: str, topics) -> int:
