@@ -11,6 +11,8 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
+import requests
+
 from benchmarks.offsets import backlog, committed, end_offsets, ends_of, records, records_present
 from sinks.warehouse import db, rows
 from sinks.warehouse.models import FACT_TABLES
@@ -220,9 +222,12 @@ def restore_of_keys(source: Settings, app_id: str, workdir: Path, keys: int, pro
     return out
 
 
-def latency(settings: Settings, worker: Worker, events: list[SimEvent], rate: float, warmup: int = 0) -> dict:
+def latency(settings: Settings, worker: Worker, events: list[SimEvent], rate: float, warmup: int = 0,
+            watch: str = "stream") -> dict:
     """Publish ``events`` at ``rate`` per second to a running worker; the latency of event i is the time from its
     publication until the region tables (the worker's /regions) have applied i + 1 events past the baseline.
+    ``watch``: how the figures are seen — ``stream`` follows ``/regions/stream`` (each change pushed as the live
+    page gets it), ``poll`` asks ``GET /regions`` every 20 ms.
     ``worker`` must be ready (``/readyz``), not only alive: publishing from when ``/healthz`` answered, the first
     second's records waited for Faust's fetcher to start (500 events/s: ingest reached them up to 1.3 s after
     the broker appended them; from ``/readyz``, 3.5 s later, none over 0.4 s, 2026-11-29). The first ``warmup``
@@ -239,14 +244,33 @@ def latency(settings: Settings, worker: Worker, events: list[SimEvent], rate: fl
     timeline: list[tuple[float, int]] = []
     stop = threading.Event()
 
-    def watch() -> None:
+    def poll() -> None:
         while not stop.is_set():
             try:
                 timeline.append((time.perf_counter(), processed(worker.regions()) - base))
             except Exception:  # a poll that fails is just a missing sample
                 pass
             time.sleep(0.02)
-    watcher = threading.Thread(target=watch, daemon=True)
+
+    following = requests.get(worker.url("/regions/stream"), stream=True, timeout=60) if watch == "stream" else None
+
+    def follow() -> None:
+        data = b""
+        try:
+            for line in following.iter_lines():  # server-sent events: a message's data, then an empty line
+                if line.startswith(b"data: "):
+                    data = line[6:]
+                elif not line and data:
+                    views = json.loads(data)
+                    timeline.append((time.perf_counter(), processed({r["code"]: r for r in views}) - base))
+                    data = b""
+                if stop.is_set():
+                    return
+        except Exception:  # closed below, or the worker went away: the timeline ends there
+            return
+    if watch not in ("stream", "poll"):
+        raise ValueError(f"watch: stream or poll, not {watch!r}")
+    watcher = threading.Thread(target=follow if following is not None else poll, daemon=True)
     watcher.start()
     wall = time.time() - time.perf_counter()  # perf_counter -> wall clock (the records' timestamps)
     start = time.perf_counter()
@@ -255,7 +279,9 @@ def latency(settings: Settings, worker: Worker, events: list[SimEvent], rate: fl
     while (not timeline or timeline[-1][1] < len(events)) and time.perf_counter() < deadline:
         time.sleep(0.1)
     stop.set()
-    watcher.join()
+    if following is not None:
+        following.close()  # the follower returns at its next line (a change, or the stream's 15 s comment)
+    watcher.join(1)
     latencies, j = [], 0
     for i, t in enumerate(sent):
         while j < len(timeline) and timeline[j][1] < i + 1:

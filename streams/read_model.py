@@ -34,11 +34,31 @@ class RegionReadModel:
         self._pending: dict[bytes | None, list] = {}
         self._state_versions: dict[str, int] = {}  # per region: changes when its decoded state does
         # per region: (its state version, the stream clock, the Region, its view); a view is recomputed only when
-        # one of them changed. /regions is polled (the page, the latency benchmark every 20 ms) while the region
+        # one of them changed. /regions was polled (the page, the latency benchmark every 20 ms) while the region
         # stage changes a few regions per batch: computing all ten views per request (~8 ms) took CPU from the
-        # stages and made latency worse the harder it was watched
+        # stages and made latency worse the harder it was watched (now both follow /regions/stream instead)
         self._views: dict[str, tuple] = {}
         self.ready = asyncio.Event()
+        # each fetch that brought records: a new generation, and whoever waits for one (the views' event stream,
+        # streams/web.py) wakes once, whatever the number of records
+        self.generation = 0
+        self._changed = asyncio.Event()
+
+    async def changed_since(self, seen: int, timeout: float) -> int:
+        """The read model's generation once it differs from ``seen`` (at once if it already does), or ``seen``
+        after ``timeout`` seconds without a change."""
+        if self.generation == seen:
+            changed = self._changed  # the event of this generation: set (and replaced) by the next
+            try:
+                await asyncio.wait_for(changed.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+        return self.generation
+
+    def _new_generation(self) -> None:
+        self.generation += 1
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
 
     @property
     def stats(self) -> dict[str, states.RegionState]:
@@ -105,6 +125,8 @@ class RegionReadModel:
                     for message in messages:
                         self._pending.setdefault(message.key, []).append((message.partition, message.offset,
                                                                           message.value))
+                if fetched:
+                    self._new_generation()
                 if not self.ready.is_set() and all(await self._caught_up(consumer, ends)):
                     log.info("read model caught up with %s: %d regions", self.topic, len(self.stats))
                     self.ready.set()

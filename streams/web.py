@@ -6,11 +6,27 @@ import asyncio
 import gc
 from pathlib import Path
 
+import orjson
+from aiohttp.web import StreamResponse
 from aiokafka.errors import IllegalStateError
 from prometheus_client import start_http_server
 
 from streams import faust_fixes, metrics, probes
 from streams.reference import regions as reference_regions
+
+#: an event stream with nothing new sends a comment this often (a proxy or a browser keeps it open; a closed
+#: connection is found by the write)
+STREAM_IDLE_SECONDS = 15.0
+#: the most an event stream's client may ask to wait between its messages (``every``)
+STREAM_EVERY_MAX = 60.0
+#: an event stream looks at the views this often without a new record: a revision of the reference file (a quota
+#: changed) changes them without one
+STREAM_RECHECK_SECONDS = 1.0
+
+
+def same(views: list[dict], others: list[dict]) -> bool:
+    """The same views: the read model returns a region's view object again until it is recomputed."""
+    return len(views) == len(others) and all(a is b for a, b in zip(views, others))
 
 
 def register(topo) -> None:
@@ -33,6 +49,65 @@ def register(topo) -> None:
 
     async def all_regions(web, request):
         return web.json(topo.read_model.views())
+
+    rendered: dict[str, object] = {"views": [], "data": b""}  # the last views sent, as an event's data
+
+    def views_event(generation: int, views: list[dict]) -> bytes:
+        """One event of the stream; the same views are encoded once for every open stream."""
+        if not same(views, rendered["views"]):
+            rendered.update(views=views, data=orjson.dumps(views))
+        return b"id: %d\ndata: %s\n\n" % (generation, rendered["data"])
+
+    streaming: set[asyncio.Task] = set()
+
+    async def regions_stream(web, request):
+        """Server-sent events (``text/event-stream``): the ``/regions`` list at once, then again each time it
+        changes — what changed while one was sent goes out as one — but at most one every ``every`` seconds
+        (query parameter, default 0: every change). A comment every 15 s while nothing changes. The live pages
+        follow it instead of polling."""
+        try:
+            every = float(request.query.get("every", 0))
+        except ValueError:
+            every = -1.0
+        if not 0 <= every <= STREAM_EVERY_MAX:
+            return web.json({"error": f"every: seconds between messages, 0 to {STREAM_EVERY_MAX:g}"}, status=400)
+        response = StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        loop, task, model = asyncio.get_running_loop(), asyncio.current_task(), topo.read_model
+        streaming.add(task)
+        sent: list[dict] | None = None
+        try:
+            while True:
+                generation, views = model.generation, model.views()  # (views are recomputed only where changed)
+                if sent is None or not same(views, sent):
+                    await response.write(views_event(generation, views))
+                    sent, quiet_since = views, loop.time()
+                    if every:  # what changes meanwhile goes out with the next message
+                        await asyncio.sleep(every)
+                        continue
+                elif loop.time() - quiet_since >= STREAM_IDLE_SECONDS:
+                    await response.write(b": nothing new\n\n")
+                    quiet_since = loop.time()
+                await model.changed_since(generation, STREAM_RECHECK_SECONDS)
+        except ConnectionError:  # the client went away
+            pass
+        except asyncio.CancelledError:  # the worker stops (below)
+            if not closing["value"]:
+                raise
+        finally:
+            streaming.discard(task)
+        return response
+
+    closing = {"value": False}
+
+    async def end_streams(_web_app) -> None:
+        """aiohttp's signal for long-lived connections when the server stops: an open event stream would hold the
+        worker's stop for the server's 60 s shutdown timeout."""
+        closing["value"] = True
+        for task in list(streaming):
+            task.cancel()
+
+    app.web.web_app.on_shutdown.append(end_streams)
 
     async def one_region(web, request, code: str):
         for view in topo.read_model.views():
@@ -64,8 +139,10 @@ def register(topo) -> None:
                                          "lag_known": lag_known["value"]})
         return web.json(body, status=status)
 
-    # CONTRACT.md names the paths without a trailing slash; both forms answer
-    for path, handler in (("/regions", all_regions), ("/regions/{code}", one_region), ("/region/{code}", region),
+    # CONTRACT.md names the paths without a trailing slash; both forms answer. The stream before {code}: routes
+    # match in order
+    for path, handler in (("/regions", all_regions), ("/regions/stream", regions_stream),
+                          ("/regions/{code}", one_region), ("/region/{code}", region),
                           ("/about", about), ("/history", history),
                           ("/healthz", livez),
                           ("/livez", livez), ("/readyz", readyz)):

@@ -3,6 +3,8 @@ hands them over. States are decoded when read, the newest record of a region tha
 view is computed again only when its state, the stream clock or its reference data changed."""
 from __future__ import annotations
 
+import asyncio
+
 import orjson
 
 from streams import rules
@@ -56,3 +58,24 @@ def test_a_moved_stream_clock_recomputes_every_view(tmp_path):
     after = {v["code"]: v for v in model.views()}
     assert all(after[code] is not before[code] for code in before)
     assert {v["clock_ms"] for v in after.values()} != {v["clock_ms"] for v in before.values()}
+
+
+def test_a_waiter_wakes_once_for_what_arrived_meanwhile_and_otherwise_at_its_timeout(tmp_path):
+    """What the views' event stream (streams/web.py) waits on: the generation moves with each fetch that brought
+    records; a waiter behind it returns at once, one at the current generation wakes at the next (however many
+    came meanwhile) or returns its own after the timeout."""
+    async def scenario() -> None:
+        model = RegionReadModel(Settings(state_dir=tmp_path))
+        assert await model.changed_since(-1, 60) == model.generation == 0  # behind: at once
+        assert await model.changed_since(0, 0.01) == 0  # nothing new: the timeout
+        waiters = [asyncio.create_task(model.changed_since(0, 60)) for _ in range(2)]
+        await asyncio.sleep(0)
+        model._new_generation()
+        model._new_generation()
+        assert await asyncio.gather(*waiters) == [2, 2]
+        late = asyncio.create_task(model.changed_since(2, 60))
+        await asyncio.sleep(0.01)
+        assert not late.done()
+        model._new_generation()
+        assert await late == 3
+    asyncio.run(scenario())

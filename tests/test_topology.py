@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import os
 import re
+import signal
 from datetime import datetime, timezone
 import time
 import uuid
@@ -345,6 +347,7 @@ def test_undecodable_changelog_records_are_dead_lettered_and_the_restore_complet
 def test_a_quota_change_in_the_reference_file_reaches_regions_without_a_restart(kafka, registry, tmp_path):
     """An APBD-P revision is a dated entry added to the reference file; the running worker shows the quota in
     force at the stream's clock within seconds, and a redeploy is not needed."""
+    import requests
     from streams.reference import DATA_FILE
     settings = Settings(kafka_bootstrap_servers=kafka.bootstrap, schema_registry_url=registry.url,
                         topic_prefix=unique() + ".", topic_partitions=1, state_dir=tmp_path / "state",
@@ -359,11 +362,18 @@ def test_a_quota_change_in_the_reference_file_reaches_regions_without_a_restart(
         wait_exact(worker, events)
         total = lambda: worker.regions()["64.72"]["quota"]["APBD_REGENCY"]["total"]
         assert total() == round(19_000 * SCALE)
-        # Samarinda's city budget is revised to 21,000 places from January 2025 (inside the stream's months)
+        # Samarinda's city budget is revised to 21,000 places from January 2025 (inside the stream's months); the
+        # live pages' stream pushes it though no record came (the views changed)
+        followed = requests.get(worker.url("/regions/stream/?every=0.5"), stream=True, timeout=30)
+        quotas = (next(v for v in views if v["code"] == "64.72")["quota"]["APBD_REGENCY"]["total"]
+                  for views in stream_messages(followed, 60))
+        assert next(quotas) == round(19_000 * SCALE)
         target = "target = { VULNERABLE_WORKER = 32000, NON_CIVIL_SERVANT = 11632 }\n"
         path.write_text(DATA_FILE.read_text().replace(target, target + '[[region.quota_change]]\n'
                                                       'funder = "APBD_REGENCY"\nfrom = "2025-01"\nplaces = 21000\n'))
-        worker.wait(lambda: total() == round(21_000 * SCALE), 30, "the revised quota in /regions")
+        with followed:
+            assert round(21_000 * SCALE) in quotas  # (a message between, of the idle clock, keeps the old one)
+        assert total() == round(21_000 * SCALE)
         assert worker.regions()["64.72"]["quota"]["APBD_REGENCY"]["budget_idr"] == round(21_000 * SCALE) * 16_800 * 12
         # and then not renewed at all (0 places from January 2025): the city-funded members leave the programme
         held = worker.regions()["64.72"]["quota"]["APBD_REGENCY"]["used"]
@@ -593,3 +603,57 @@ def test_each_participant_partition_is_rechecked_for_idleness_by_its_owner_only(
     assert set(ticks) == set(range(settings.topic_partitions)), ticks  # every partition re-checked
     # one sender: about a tick a period (timers only fall behind under load); two senders made ~2 a period
     assert max(ticks.values()) <= 1.5 * window / period + 2, ticks
+
+
+def stream_messages(response, timeout: float = 120):
+    """The ``data`` of each server-sent event of an open ``requests`` response (comments skipped), as JSON; fails
+    after ``timeout`` seconds (the stream's comments every 15 s keep each read short of the read timeout)."""
+    data, deadline = [], time.monotonic() + timeout
+    for line in response.iter_lines(decode_unicode=True):
+        assert time.monotonic() < deadline, "no end of the stream, nor the message waited for"
+        if line.startswith("data: "):
+            data.append(line[len("data: "):])
+        elif line == "" and data:
+            yield json.loads("\n".join(data))
+            data = []
+
+
+def test_the_regions_stream_pushes_each_change_and_ends_when_the_worker_stops(kafka, registry, tmp_path):
+    """``GET /regions/stream`` (server-sent events, what the live page follows): the ``/regions`` list at once,
+    then a message when the figures change, the last one equal to the fold of what was published and to
+    ``GET /regions``; a worker stopping with a stream open closes it and stops cleanly (not after aiohttp's 60 s
+    shutdown timeout, which the stop below would have to wait out before its SIGKILL)."""
+    import requests
+    settings = Settings(kafka_bootstrap_servers=kafka.bootstrap, schema_registry_url=registry.url,
+                        topic_prefix=unique() + ".", topic_partitions=2, state_dir=tmp_path / "state",
+                        app_id=unique("app-"), target_scale=SCALE)
+    events = scenario_events(2)
+    ensure_topics(settings)
+    worker = Worker(settings, tmp_path / "worker.log")
+    try:
+        worker.start()
+        worker.wait(worker.ready_to_work, 60, "the worker ready")
+        assert requests.get(worker.url("/regions/stream?every=x"), timeout=5).status_code == 400
+        with requests.get(worker.url("/regions/stream"), stream=True, timeout=30) as response:
+            assert response.headers["Content-Type"].startswith("text/event-stream")
+            messages = stream_messages(response)
+            first = next(messages)  # at once: the figures as they stand (nothing published yet)
+            assert [r["code"] for r in first] == [r["code"] for r in requests.get(worker.url("/regions/"),
+                                                                                  timeout=5).json()]
+            assert sum(r["registered"] for r in first) == 0
+            publish(settings, events)
+            want, seen = expected_regions(events, scale=SCALE), 0
+            for seen, views in enumerate(messages, 1):  # pushed as the figures change, until they equal the fold
+                if {view["code"]: comparable(view) for view in views} == want:
+                    break
+            assert {view["code"]: comparable(view) for view in views} == worker.comparable_regions()
+            assert seen >= 1
+            stopping = time.monotonic()
+            os.killpg(worker.proc.pid, signal.SIGTERM)
+            for _ in messages:  # until the stream ends
+                pass
+            ended = time.monotonic() - stopping
+        assert worker.proc.wait(60) == 0
+        assert ended < 45, f"the stream stayed open {ended:.0f} s after the stop"
+    finally:
+        worker.stop()
