@@ -90,9 +90,9 @@ async def agent(topo, inputs: dict[str, str], stream):
         now, latest = time.time(), topo.settings.latest_event_ms()
         lags = []  # seconds from event time to now, one per valid record: observed together
         await topo.serde.fetch_writers(message.value for _, message in _records(events))  # off the loop
-        for event in events:  # placed as the contract's partitioner places its key? (counted, not acted on)
-            if misplaced := partitioner.misplaced(event.value, partitions):
-                MISPLACED.labels(event.value[0].topic).inc(misplaced)
+        # placed as the contract's partitioner places its key? (counted, not acted on)
+        for topic, misplaced in partitioner.misplaced([m for _, m in _records(events)], partitions).items():
+            MISPLACED.labels(topic).inc(misplaced)
         for event, message in _records(events):
             topic_name = message.topic
             record_name = inputs[topic_name]

@@ -60,8 +60,11 @@ def partitions_of(keys: Sequence[bytes], partitions: int) -> list[int]:
     return out
 
 
-def misplaced(records: Sequence, partitions: int) -> int:
-    """How many of ``records`` (each with ``key`` and ``partition``) are on another partition than the contract's
-    partitioner gives their key. A record without a key has no place to check (it is dead-lettered anyway)."""
+def misplaced(records: Sequence, partitions: int) -> collections.Counter:
+    """Per topic, how many of ``records`` (each with ``topic``, ``key`` and ``partition``) are on another partition
+    than the contract's partitioner gives their key. A record without a key has no place to check (it is
+    dead-lettered anyway). One call for a whole ingest batch: a call costs ~45 µs before its first key, so one per
+    fetched partition batch (3–24 records each at 500 events/s) cost more than the hashing."""
     keyed = [r for r in records if r.key is not None]
-    return sum(p != r.partition for p, r in zip(partitions_of([r.key for r in keyed], partitions), keyed))
+    return collections.Counter(r.topic for p, r in zip(partitions_of([r.key for r in keyed], partitions), keyed)
+                               if p != r.partition)

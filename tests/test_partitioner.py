@@ -34,10 +34,11 @@ def test_every_key_gets_the_partition_kafka_python_gives_it(keys, partitions):
     assert partitions_of(keys, partitions) == [reference(k, partitions) for k in keys]
 
 
-def test_nik_keys_of_one_batch_are_checked_against_their_partition():
+def test_nik_keys_of_one_batch_are_checked_against_their_partition_and_counted_per_topic():
     niks = [f"6408{i:012d}".encode() for i in range(500)]
-    records = [SimpleNamespace(key=k, partition=reference(k, 4)) for k in niks]
-    assert misplaced(records, 4) == 0
-    one_partition = [SimpleNamespace(key=k, partition=2) for k in niks]  # all on 2: those that belong elsewhere
-    assert misplaced(one_partition, 4) == sum(reference(k, 4) != 2 for k in niks) > 300
-    assert misplaced([SimpleNamespace(key=None, partition=1)], 4) == 0 and misplaced([], 4) == 0
+    records = [SimpleNamespace(topic="t", key=k, partition=reference(k, 4)) for k in niks]
+    assert misplaced(records, 4) == {}
+    one_partition = [SimpleNamespace(topic=t, key=k, partition=2) for k in niks for t in ("a", "b")]  # all on 2
+    elsewhere = sum(reference(k, 4) != 2 for k in niks)
+    assert misplaced(records + one_partition, 4) == {"a": elsewhere, "b": elsewhere} and elsewhere > 300
+    assert misplaced([SimpleNamespace(topic="t", key=None, partition=1)], 4) == {} and misplaced([], 4) == {}
