@@ -213,6 +213,12 @@ def test_web_views(run):
     assert '<canvas id="chart"' in requests.get(worker.url("/"), timeout=5).text
     missing = requests.get(worker.url("/regions/99.99/"), timeout=5)
     assert missing.status_code == 404 and "Traceback" not in missing.text
+    # the live pages' stream: server-sent events, the /regions list at once (each change after it: the quota test)
+    assert requests.get(worker.url("/regions/stream?every=x"), timeout=5).status_code == 400
+    with requests.get(worker.url("/regions/stream"), stream=True, timeout=30) as response:
+        assert response.headers["Content-Type"].startswith("text/event-stream")
+        first = next(stream_messages(response))  # (the figures; an idle clock's tick may move the rest)
+        assert {view["code"]: comparable(view) for view in first} == worker.comparable_regions()
     assert requests.get(worker.url("/healthz/"), timeout=5).json()["status"] == "ok"
     assert requests.get(worker.url("/livez"), timeout=5).json() | {"app": None} == \
         {"status": "ok", "app": None, "loop": settings.event_loop,  # uvloop unless configured otherwise
@@ -346,7 +352,8 @@ def test_undecodable_changelog_records_are_dead_lettered_and_the_restore_complet
 
 def test_a_quota_change_in_the_reference_file_reaches_regions_without_a_restart(kafka, registry, tmp_path):
     """An APBD-P revision is a dated entry added to the reference file; the running worker shows the quota in
-    force at the stream's clock within seconds, and a redeploy is not needed."""
+    force at the stream's clock within seconds, and a redeploy is not needed. The live pages' stream
+    (``GET /regions/stream``) pushes it, though no record came; and the worker stops cleanly with it open."""
     import requests
     from streams.reference import DATA_FILE
     settings = Settings(kafka_bootstrap_servers=kafka.bootstrap, schema_registry_url=registry.url,
@@ -371,8 +378,7 @@ def test_a_quota_change_in_the_reference_file_reaches_regions_without_a_restart(
         target = "target = { VULNERABLE_WORKER = 32000, NON_CIVIL_SERVANT = 11632 }\n"
         path.write_text(DATA_FILE.read_text().replace(target, target + '[[region.quota_change]]\n'
                                                       'funder = "APBD_REGENCY"\nfrom = "2025-01"\nplaces = 21000\n'))
-        with followed:
-            assert round(21_000 * SCALE) in quotas  # (a message between, of the idle clock, keeps the old one)
+        assert round(21_000 * SCALE) in quotas  # (a message between, of the idle clock, keeps the old one)
         assert total() == round(21_000 * SCALE)
         assert worker.regions()["64.72"]["quota"]["APBD_REGENCY"]["budget_idr"] == round(21_000 * SCALE) * 16_800 * 12
         # and then not renewed at all (0 places from January 2025): the city-funded members leave the programme
@@ -381,6 +387,16 @@ def test_a_quota_change_in_the_reference_file_reaches_regions_without_a_restart(
         worker.wait(lambda: worker.regions()["64.72"]["cohorts"]["VULNERABLE_WORKER"]["exited"].get("budget_ended")
                     == held > 0, 30, "the members of the budget not renewed counted as left")
         assert worker.regions()["64.72"]["quota"]["APBD_REGENCY"]["used"] == 0
+        # a worker stopping with a stream open closes it and stops cleanly, not after aiohttp's 60 s shutdown
+        # timeout (which the stop would wait out before its SIGKILL)
+        with followed:
+            stopping = time.monotonic()
+            os.killpg(worker.proc.pid, signal.SIGTERM)
+            for _ in quotas:  # until the stream ends
+                pass
+            ended = time.monotonic() - stopping
+        assert worker.proc.wait(60) == 0
+        assert ended < 45, f"the stream stayed open {ended:.0f} s after the stop"
     finally:
         worker.stop()
 
@@ -616,44 +632,3 @@ def stream_messages(response, timeout: float = 120):
         elif line == "" and data:
             yield json.loads("\n".join(data))
             data = []
-
-
-def test_the_regions_stream_pushes_each_change_and_ends_when_the_worker_stops(kafka, registry, tmp_path):
-    """``GET /regions/stream`` (server-sent events, what the live page follows): the ``/regions`` list at once,
-    then a message when the figures change, the last one equal to the fold of what was published and to
-    ``GET /regions``; a worker stopping with a stream open closes it and stops cleanly (not after aiohttp's 60 s
-    shutdown timeout, which the stop below would have to wait out before its SIGKILL)."""
-    import requests
-    settings = Settings(kafka_bootstrap_servers=kafka.bootstrap, schema_registry_url=registry.url,
-                        topic_prefix=unique() + ".", topic_partitions=2, state_dir=tmp_path / "state",
-                        app_id=unique("app-"), target_scale=SCALE)
-    events = scenario_events(2)
-    ensure_topics(settings)
-    worker = Worker(settings, tmp_path / "worker.log")
-    try:
-        worker.start()
-        worker.wait(worker.ready_to_work, 60, "the worker ready")
-        assert requests.get(worker.url("/regions/stream?every=x"), timeout=5).status_code == 400
-        with requests.get(worker.url("/regions/stream"), stream=True, timeout=30) as response:
-            assert response.headers["Content-Type"].startswith("text/event-stream")
-            messages = stream_messages(response)
-            first = next(messages)  # at once: the figures as they stand (nothing published yet)
-            assert [r["code"] for r in first] == [r["code"] for r in requests.get(worker.url("/regions/"),
-                                                                                  timeout=5).json()]
-            assert sum(r["registered"] for r in first) == 0
-            publish(settings, events)
-            want, seen = expected_regions(events, scale=SCALE), 0
-            for seen, views in enumerate(messages, 1):  # pushed as the figures change, until they equal the fold
-                if {view["code"]: comparable(view) for view in views} == want:
-                    break
-            assert {view["code"]: comparable(view) for view in views} == worker.comparable_regions()
-            assert seen >= 1
-            stopping = time.monotonic()
-            os.killpg(worker.proc.pid, signal.SIGTERM)
-            for _ in messages:  # until the stream ends
-                pass
-            ended = time.monotonic() - stopping
-        assert worker.proc.wait(60) == 0
-        assert ended < 45, f"the stream stayed open {ended:.0f} s after the stop"
-    finally:
-        worker.stop()
