@@ -71,7 +71,8 @@ def register(topo) -> None:
             every = -1.0
         if not 0 <= every <= STREAM_EVERY_MAX:
             return web.json({"error": f"every: seconds between messages, 0 to {STREAM_EVERY_MAX:g}"}, status=400)
-        response = StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        response = StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                           "X-Accel-Buffering": "no"})  # a proxy passes each message on at once
         await response.prepare(request)
         loop, task, model = asyncio.get_running_loop(), asyncio.current_task(), topo.read_model
         streaming.add(task)

@@ -63,19 +63,26 @@ class Publisher:
         })
 
     def send(self, event: SimEvent, partition: int | None = None) -> str:
+        topic, key, value = self.wire(event)
+        self.send_wire(topic, key, value, partition)
+        return topic
+
+    def wire(self, event: SimEvent) -> tuple[str, bytes, bytes]:
+        """The topic, key and value bytes ``send`` publishes for ``event``."""
         topic = self.topic_for[event.record_name]
-        value = wire_value(self.serde, topic, event)
+        return topic, event.key.encode(), wire_value(self.serde, topic, event)
+
+    def send_wire(self, topic: str, key: bytes, value: bytes, partition: int | None = None) -> None:
+        """Send bytes already encoded (``wire``)."""
         where = {} if partition is None else {"partition": partition}
         while True:
             try:
                 # Kafka timestamp = publish time, as for a live upstream; event time travels in `occurred_at`
-                self.producer.produce(topic, value=value, key=event.key.encode(), on_delivery=self._delivered,
-                                      **where)
+                self.producer.produce(topic, value=value, key=key, on_delivery=self._delivered, **where)
                 break
             except BufferError:  # local queue full: let deliveries drain
                 self.producer.poll(0.1)
         self.producer.poll(0)
-        return topic
 
     def _delivered(self, err, _message) -> None:
         if err is not None:
