@@ -20,6 +20,7 @@ from streams.config import Settings
 from streams.simulator import SimEvent
 from streams.simulator.publish import Publisher
 from tests.expected import expected_regions
+from tests.helpers import stream_messages
 from tests.worker import Sink, Worker
 
 
@@ -243,6 +244,8 @@ def latency(settings: Settings, worker: Worker, events: list[SimEvent], rate: fl
     base = processed(worker.regions())
     timeline: list[tuple[float, int]] = []
     stop = threading.Event()
+    if watch not in ("stream", "poll"):
+        raise ValueError(f"watch: stream or poll, not {watch!r}")
 
     def poll() -> None:
         while not stop.is_set():
@@ -255,21 +258,13 @@ def latency(settings: Settings, worker: Worker, events: list[SimEvent], rate: fl
     following = requests.get(worker.url("/regions/stream"), stream=True, timeout=60) if watch == "stream" else None
 
     def follow() -> None:
-        data = b""
         try:
-            for line in following.iter_lines():  # server-sent events: a message's data, then an empty line
-                if line.startswith(b"data: "):
-                    data = line[6:]
-                elif not line and data:
-                    views = json.loads(data)
-                    timeline.append((time.perf_counter(), processed({r["code"]: r for r in views}) - base))
-                    data = b""
+            for views in stream_messages(following, timeout=float("inf")):
+                timeline.append((time.perf_counter(), processed({r["code"]: r for r in views}) - base))
                 if stop.is_set():
                     return
         except Exception:  # closed below, or the worker went away: the timeline ends there
             return
-    if watch not in ("stream", "poll"):
-        raise ValueError(f"watch: stream or poll, not {watch!r}")
     watcher = threading.Thread(target=follow if following is not None else poll, daemon=True)
     watcher.start()
     wall = time.time() - time.perf_counter()  # perf_counter -> wall clock (the records' timestamps)

@@ -1,6 +1,7 @@
 """Plain helpers for tests: read whole topics with kafka-python."""
 from __future__ import annotations
 
+import json
 import re
 import time
 
@@ -68,6 +69,20 @@ def niks_in(blob: bytes | str, niks: set[str]) -> set[str]:
     run of digits is found too). Fast enough for whole topics, unlike one substring search per NIK."""
     text = blob.decode("latin-1") if isinstance(blob, bytes) else blob
     return set(re.findall(r"(?=([0-9]{16}))", text)) & niks
+
+
+def stream_messages(response, timeout: float = 120):
+    """The ``data`` of each server-sent event of an open ``requests`` response (comments skipped), as JSON: the
+    worker's ``/regions/stream``. Fails after ``timeout`` seconds (the stream's comments every 15 s keep each read
+    short of the read timeout)."""
+    data, deadline = [], time.monotonic() + timeout
+    for line in response.iter_lines(decode_unicode=True):
+        assert time.monotonic() < deadline, "no end of the stream, nor the message waited for"
+        if line.startswith("data: "):
+            data.append(line[len("data: "):])
+        elif line == "" and data:
+            yield json.loads("\n".join(data))
+            data = []
 
 
 def committed_offsets(bootstrap: str, group: str, topics=None) -> int:

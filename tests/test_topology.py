@@ -20,7 +20,7 @@ from streams.simulator.publish import Publisher
 from streams.topics import ensure_topics
 from tests.conftest import unique
 from tests.expected import comparable, expected_alerts, expected_regions
-from tests.helpers import WebhookReceiver, assigned_members, end_offsets, niks_in, read_all
+from tests.helpers import WebhookReceiver, assigned_members, end_offsets, niks_in, read_all, stream_messages
 from tests.worker import Sink, Worker
 
 DAY = 86_400_000
@@ -619,16 +619,3 @@ def test_each_participant_partition_is_rechecked_for_idleness_by_its_owner_only(
     assert set(ticks) == set(range(settings.topic_partitions)), ticks  # every partition re-checked
     # one sender: about a tick a period (timers only fall behind under load); two senders made ~2 a period
     assert max(ticks.values()) <= 1.5 * window / period + 2, ticks
-
-
-def stream_messages(response, timeout: float = 120):
-    """The ``data`` of each server-sent event of an open ``requests`` response (comments skipped), as JSON; fails
-    after ``timeout`` seconds (the stream's comments every 15 s keep each read short of the read timeout)."""
-    data, deadline = [], time.monotonic() + timeout
-    for line in response.iter_lines(decode_unicode=True):
-        assert time.monotonic() < deadline, "no end of the stream, nor the message waited for"
-        if line.startswith("data: "):
-            data.append(line[len("data: "):])
-        elif line == "" and data:
-            yield json.loads("\n".join(data))
-            data = []
